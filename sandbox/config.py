@@ -117,7 +117,7 @@ class JailConfig:
     output_limit_bytes: int = 1024**2  # per stream; the rest is dropped and counted
     default_timeout_s: float = 120.0  # wall clock, when neither action nor policy sets one
     kill_grace_s: float = 3.0  # SIGTERM -> SIGKILL
-    tmp_root: Path = Path("/tmp")  # per-run temp dirs are created here
+    tmp_root: Path = Path("/tmp")  # noqa: S108 - per-run dirs are mkdtemp 0700 inside it
     extra_read_paths: tuple[Path, ...] = ()  # more read-only paths for Landlock
 
 
