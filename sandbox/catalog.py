@@ -152,7 +152,7 @@ def _check_string_value(action: str, key: str, value: str) -> None:
 def load_catalog(path: Path | str) -> Catalog:
     """Load ``script.yaml``; any problem is a :class:`CatalogError` naming the action."""
     path = Path(path)
-    doc = load_yaml_file(path, what="action catalog")
+    doc = load_yaml_file(path, what="action catalog", error=CatalogError)
     if not isinstance(doc, dict):
         raise CatalogError(f"{path}: top level must be a mapping")
     unknown = set(doc) - {"schemaId", "runPredefinedScript"}

@@ -166,6 +166,8 @@ def _build(cls: type[Any], raw: dict[str, Any], path: Path, prefix: str, base: P
     for f in dataclasses.fields(cls):
         if f.name in raw:
             kwargs[f.name] = _coerce(hints[f.name], raw[f.name], path, f"{prefix}{f.name}", base)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}: missing required key '{prefix}{f.name}'")
         elif dataclasses.is_dataclass(hints[f.name]) or _is_path(hints[f.name]):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             kwargs[f.name] = _resolve_defaults(default, base)

@@ -45,29 +45,29 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml_text(data: bytes, *, source: str) -> Any:
+def load_yaml_text(data: bytes, *, source: str, error: type[ConfigError] = ConfigError) -> Any:
     """Parse YAML bytes strictly; ``source`` names the file in errors."""
     if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source}: file is {len(data)} bytes, over the {MAX_YAML_BYTES}-byte limit")
+        raise error(f"{source}: file is {len(data)} bytes, over the {MAX_YAML_BYTES}-byte limit")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not valid UTF-8 (byte offset {exc.start})") from exc
+        raise error(f"{source}: not valid UTF-8 (byte offset {exc.start})") from exc
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+        raise error(f"{source}: invalid YAML: {exc}") from exc
 
 
-def load_yaml_file(path: Path, *, what: str) -> Any:
+def load_yaml_file(path: Path, *, what: str, error: type[ConfigError] = ConfigError) -> Any:
     """Read and parse a YAML file, with errors that say which file and why."""
     try:
         size = path.stat().st_size
         if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: file is {size} bytes, over the {MAX_YAML_BYTES}-byte limit")
+            raise error(f"{path}: file is {size} bytes, over the {MAX_YAML_BYTES}-byte limit")
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: {what} file not found") from exc
+        raise error(f"{path}: {what} file not found") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    return load_yaml_text(data, source=str(path))
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    return load_yaml_text(data, source=str(path), error=error)
