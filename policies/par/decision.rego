@@ -1,0 +1,50 @@
+# The task-admission decision (data.par.decision), combining allowlist, authz and rate limits.
+# Allow only if something granted the task and nothing denied it; a deny lists every rule that
+# denied it, each reason starting with the rule id. Input: docs/policy-input.md.
+package par
+
+import rego.v1
+
+
+default allow := false
+
+allow if {
+	well_formed
+	count(data.par.authz.grants) > 0
+	count(data.par.allowlist.deny) == 0
+	count(data.par.ratelimit.deny) == 0
+}
+
+# Only evaluated on the deny path: the allow path never needs the explanations.
+denials := ((data.par.allowlist.deny | data.par.authz.deny) | data.par.ratelimit.deny) | input_denials
+
+# Defence in depth: the runner validates the input against a schema, but a policy must never allow
+# because a field it depends on was missing and a rule silently did not fire.
+input_denials contains {"rule": "input", "reason": "input: history, now_ns, principal and trigger are required"} if {
+	not well_formed
+}
+
+well_formed if {
+	is_array(input.history)
+	is_number(input.now_ns)
+	is_object(input.principal)
+	is_object(input.trigger)
+}
+
+timeout_s := input.action_info.timeout_s if {
+	is_number(input.action_info.timeout_s)
+} else := data.dogbank.default_timeout_s
+
+decision := {
+	"allow": true,
+	"reasons": [g.reason | some g in sort(data.par.authz.grants)],
+	"rule_ids": sort({g.rule | some g in data.par.authz.grants}),
+	"limits": {"timeout_s": timeout_s},
+} if allow
+
+decision := {
+	"allow": false,
+	"reasons": [d.reason | some d in sort(denials)],
+	"rule_ids": sort({d.rule | some d in denials}),
+	"limits": {"timeout_s": timeout_s},
+} if not allow

@@ -1,0 +1,224 @@
+"""``par policy test`` (opa test on the embedded engine) and ``par check`` (would this be allowed?)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandbox._internal.cli.common import catalog_from, config_from, print_json
+from sandbox._internal.policy_testing import ERROR, FAIL, PASS, TestReport, run_tests
+from sandbox.config import PolicyConfig
+from sandbox.errors import Error, PolicyError, UnknownActionError
+from sandbox.policy import build_task_input, open_engine
+
+MAX_ARG_FILE_BYTES = 1024 * 1024
+
+# opa test's exit codes.
+EXIT_OK, EXIT_LOAD_ERROR, EXIT_FAILED = 0, 1, 2
+# par check's exit codes.
+EXIT_ALLOW, EXIT_DENY, EXIT_CHECK_ERROR = 0, 1, 2
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("policy", help="work with the Rego policies")
+    psub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    psub.required = True
+    t = psub.add_parser(
+        "test",
+        help="run the test_* rules of *_test.rego files on the embedded engine (like `opa test`)",
+        description="Exit codes: 0 all tests passed, 2 a test failed or errored, 1 the policies did not load.",
+    )
+    t.add_argument("paths", nargs="*", default=["policies"], help="policy directories or files (default: policies)")
+    t.add_argument("--run", "-r", metavar="REGEX", help="only run tests whose data.<package>.<rule> matches")
+    t.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    t.add_argument("--coverage", action="store_true", help="report line coverage of the non-test policy files")
+    t.add_argument("--fail-on-empty", action="store_true", help="exit 1 if no test was found")
+    t.add_argument("-v", "--verbose", action="store_true", help="list every test, not only failures")
+    t.set_defaults(func=run_policy_test)
+
+    c = sub.add_parser(
+        "check",
+        help="ask the policy whether an action would be allowed now, and why not",
+        description="Exit codes: 0 allowed, 1 denied, 2 error (bad input, policy does not load).",
+    )
+    c.add_argument("action")
+    c.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="action parameter (repeatable)")
+    c.add_argument("--principal", required=True, metavar="JSON|@FILE", help="who asks: {type, id, name, roles}")
+    c.add_argument("--trigger", metavar="JSON|@FILE", help="what triggered it (default: manual)")
+    c.add_argument("--history", metavar="JSON|@FILE", help="recent executions (list of history entries)")
+    c.add_argument("--json", action="store_true", help="print the decision and the input as JSON")
+    c.set_defaults(func=run_check)
+
+
+# -- par policy test ------------------------------------------------------------------------------
+
+
+def run_policy_test(ns: argparse.Namespace) -> int:
+    paths = [Path(p) for p in ns.paths]
+    try:
+        report = run_tests(paths, pattern=ns.run, coverage=ns.coverage)
+    except PolicyError as exc:
+        if ns.format == "json":
+            print_json({"error": exc.message})
+        else:
+            print(exc.diagnostics(), file=sys.stderr)
+        return EXIT_LOAD_ERROR
+    counts = report.counts
+    if ns.format == "json":
+        doc: dict[str, Any] = {"results": [r.to_dict() for r in report.results], "summary": counts}
+        if report.coverage is not None:
+            doc["coverage"] = report.coverage
+        print_json(doc)
+    else:
+        _print_pretty(report, verbose=ns.verbose)
+    if not report.results and ns.fail_on_empty:
+        if ns.format != "json":
+            print("no tests found", file=sys.stderr)
+        return EXIT_LOAD_ERROR
+    return EXIT_FAILED if counts[FAIL] or counts[ERROR] else EXIT_OK
+
+
+def _print_pretty(report: TestReport, *, verbose: bool) -> None:
+    by_file: dict[str, list[Any]] = {}
+    for r in report.results:
+        by_file.setdefault(r.case.file, []).append(r)
+    for file, results in by_file.items():
+        shown = [r for r in results if verbose or r.status != PASS]
+        if not shown:
+            continue
+        print(f"{file}:")
+        for r in shown:
+            line = f"{r.display}: {r.status} ({r.duration_ms:.3f}ms)"
+            if r.message and r.status != PASS:
+                line += f"\n    {r.message}"
+            print(line)
+            if r.status != PASS or verbose:
+                for text in r.prints:
+                    print(f"    print: {text}")
+        print()
+    if report.coverage is not None:
+        print("coverage (line-level; a line is covered when any expression on it was evaluated):")
+        for f in report.coverage["files"]:
+            missing = _ranges(f["not_covered_lines"])
+            print(f"  {f['file']}: {f['coverage']:.1f}%" + (f"  not covered: {missing}" if missing else ""))
+        print(f"  total: {report.coverage['coverage']:.1f}%\n")
+    counts = report.counts
+    total = sum(counts.values())
+    print("-" * 80)
+    print(f"PASS: {counts[PASS]}/{total}")
+    if counts[FAIL]:
+        print(f"FAIL: {counts[FAIL]}/{total}")
+    if counts[ERROR]:
+        print(f"ERROR: {counts[ERROR]}/{total}")
+
+
+def _ranges(lines: list[int]) -> str:
+    out: list[str] = []
+    for n in sorted(lines):
+        if out and "-" not in out[-1] and int(out[-1]) == n - 1:
+            out[-1] = f"{out[-1]}-{n}"
+        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == n - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+# -- par check ------------------------------------------------------------------------------------
+
+
+def run_check(ns: argparse.Namespace) -> int:
+    try:
+        return _check(ns)
+    except Error as exc:
+        print(exc.diagnostics(), file=sys.stderr)
+        return EXIT_CHECK_ERROR
+
+
+def _check(ns: argparse.Namespace) -> int:
+    cfg = config_from(ns)
+    catalog = catalog_from(cfg)
+    principal = _json_arg(ns.principal, "--principal")
+    trigger = _json_arg(ns.trigger, "--trigger") if ns.trigger else None
+    history = _json_arg(ns.history, "--history") if ns.history else []
+    if not isinstance(history, list):
+        raise PolicyError("--history must be a JSON list of history entries (see docs/policy-input.md)")
+    try:
+        action = catalog.get(ns.action)
+    except UnknownActionError:
+        action = None  # the policy decides (and denies) unknown actions, and says so
+    raw_params = _params(ns.param)
+    params = catalog.validate_parameters(ns.action, raw_params) if action is not None else raw_params
+    now = datetime.now(UTC)
+    doc = build_task_input(
+        action=ns.action,
+        parameters=params,
+        principal=principal,
+        trigger=trigger,
+        task={"id": "par-check", "client": "par check", "expires_at": None},
+        history=history,
+        runner_id=cfg.runner.runner_id,
+        now=now,
+        catalog_action=action,
+        history_window_s=cfg.policy.history_window_s,
+    )
+    engine = open_engine(_no_watch(cfg.policy))
+    try:
+        decision = engine.decide(doc, query=cfg.policy.decision)
+    finally:
+        engine.close()
+    if ns.json:
+        print_json({"decision": decision.to_dict(), "input": doc})
+    else:
+        verdict = "ALLOW" if decision.allow else "DENY"
+        print(f"{verdict} {ns.action} for {principal.get('type')} {principal.get('id')!r}")
+        for reason in decision.reasons:
+            print(f"  - {reason}")
+        if decision.allow and decision.limits:
+            print(f"  limits: {json.dumps(dict(decision.limits), sort_keys=True)}")
+        print(f"  policy revision {decision.revision[:16]} ({cfg.policy.engine})")
+    if any(r == "policy_error" for r in decision.rule_ids):
+        return EXIT_CHECK_ERROR
+    return EXIT_ALLOW if decision.allow else EXIT_DENY
+
+
+def _no_watch(policy: PolicyConfig) -> PolicyConfig:
+    return dataclasses.replace(policy, watch=False)
+
+
+def _json_arg(value: str, flag: str) -> Any:
+    """A JSON document given inline or as @file."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            if path.stat().st_size > MAX_ARG_FILE_BYTES:
+                raise PolicyError(f"{flag}: {path} is larger than {MAX_ARG_FILE_BYTES} bytes")
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"{flag}: cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"{flag}: {path} is not UTF-8") from exc
+    else:
+        text = value
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PolicyError(f"{flag}: not valid JSON: {exc}", hint="Pass inline JSON or @path/to/file.json.") from exc
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PolicyError(f"--param {item!r}: expected KEY=VALUE")
+        if key in params:
+            raise PolicyError(f"--param {key} given twice")
+        # Integers are passed as integers so integer schema parameters validate.
+        params[key] = int(value) if value.lstrip("-").isdigit() and len(value) < 19 else value
+    return params
