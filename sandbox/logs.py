@@ -63,5 +63,8 @@ def configure(cfg: LoggingConfig | None = None, *, stream: TextIO | None = None)
 
 
 def get_logger(name: str) -> Any:
-    """A bound logger tagged with ``logger.name`` as Datadog expects."""
-    return structlog.get_logger().bind(**{"logger.name": name})
+    """A lazily bound logger tagged with ``logger.name`` as Datadog expects.
+
+    Lazy so that module-level loggers created at import time follow a ``configure()`` made later.
+    """
+    return structlog.get_logger(**{"logger.name": name})

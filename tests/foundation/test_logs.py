@@ -33,3 +33,13 @@ def test_console_mode_is_human_readable() -> None:
     text = out.getvalue()
     assert "disk almost full" in text and "free_mb=12" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_module_level_logger_follows_a_later_configure() -> None:
+    early = logs.get_logger("sandbox.early")  # as a module would at import time
+    out = io.StringIO()
+    logs.configure(LoggingConfig(format="json", level="warning"), stream=out)
+    early.info("filtered out")
+    early.warning("kept")
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line)["message"] == "kept"
