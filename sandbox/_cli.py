@@ -17,21 +17,28 @@ from collections.abc import Sequence
 from sandbox import __version__
 from sandbox.errors import Error
 
-COMMAND_MODULES = (
-    "actions",
-    "policy",
-    "jail",
-    "proxy",
-    "audit",
-    "keygen",
-    "runner",
-    "controlplane",
-    "demo",
-    "doctor",
-)
+#: Subcommand -> the module under ``sandbox/_internal/cli`` that registers it. ``main`` imports only the
+#: module of the command being run, so a long-lived process (``par proxy``, ``par run``) does not carry
+#: every other area's imports in its resident memory.
+COMMANDS = {
+    "actions": "actions",
+    "policy": "policy",
+    "check": "policy",
+    "jail": "jail",
+    "proxy": "proxy",
+    "audit": "audit",
+    "keygen": "keygen",
+    "run": "runner",
+    "controlplane": "controlplane",
+    "submit": "controlplane",
+    "tasks": "controlplane",
+    "demo": "demo",
+    "doctor": "doctor",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one with just the module that owns that subcommand."""
     parser = argparse.ArgumentParser(
         prog="par",
         description="DogBank Private Action Runner: policy-enforced, jailed, audited remediation actions.",
@@ -42,20 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"sandbox._internal.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"sandbox._internal.cli.{name}":
-                continue  # area not built yet
-            raise
-        module.register(sub)
+    modules = [COMMANDS[only]] if only in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
+        importlib.import_module(f"sandbox._internal.cli.{name}").register(sub)
     return parser
 
 
+def _subcommand(argv: Sequence[str]) -> str | None:
+    """The first positional argument, skipping the global options (which take at most one value)."""
+    it = iter(argv)
+    for arg in it:
+        if arg in ("-c", "--config"):
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(list(sys.argv[1:] if args is None else args))
+    argv = list(sys.argv[1:] if args is None else args)
+    ns = build_parser(_subcommand(argv)).parse_args(argv)
     try:
         code: int = ns.func(ns)
     except Error as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox._cli import main
+from sandbox._cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "runner.yaml")
@@ -39,3 +39,18 @@ def test_bad_config_is_a_diagnostic_not_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr and "'catalog'" in proc.stderr and "hint:" in proc.stderr
+
+
+def test_only_the_module_of_the_command_is_imported() -> None:
+    code = ("import sys; from sandbox._cli import main; main(['actions', '--json']); "
+            "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('sandbox._internal.cli.'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    loaded = proc.stdout.rsplit("LOADED", 1)[1].split()
+    assert "sandbox._internal.cli.actions" in loaded
+    assert "sandbox._internal.cli.runner" not in loaded and "sandbox._internal.cli.proxy" not in loaded
+
+
+def test_every_command_is_registered() -> None:
+    text = build_parser().format_help()
+    for command in COMMANDS:
+        assert command in text
