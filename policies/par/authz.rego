@@ -4,21 +4,22 @@
 # and only when their own monitor fired; any authenticated principal may run diagnostics. Everything
 # else is denied.
 #
-# Written for the embedded interpreter's cost model: conditions are inlined, other packages are
-# referenced by full path (an import alias makes regorus evaluate the whole imported package), and
-# the denial explanations are only evaluated on the deny path.
+# Written for the embedded interpreter's cost model (docs/policy-input.md): a rule reference or a
+# `data.` lookup costs far more than an `input.` test, so the grants (evaluated on every decision)
+# inline their conditions, including the action's category (data.dogbank.actions[input.action],
+# undefined for an unknown action) and the trigger's workflow-name check; other packages are
+# referenced by full path (an import alias makes regorus evaluate the whole imported package); the
+# denial explanations are only evaluated on the deny path.
 package par.authz
 
 import rego.v1
-
-# The action's category per the policy data (undefined for an unknown action).
-category := data.dogbank.actions[input.action]
 
 # --- grants ----------------------------------------------------------------------------------------
 
 grants contains {"rule": "authz.diagnostics", "reason": reason} if {
 	is_string(input.principal.id)
 	input.principal.id != ""
+	category := data.dogbank.actions[input.action]
 	category in data.dogbank.authenticated.categories
 	reason := sprintf("authz.diagnostics: any authenticated principal may run %s actions", [category])
 }
@@ -29,33 +30,30 @@ grants contains {"rule": "authz.workflow", "reason": reason} if {
 	input.action in workflow.actions
 	input.trigger.type == "monitor"
 	input.trigger.monitor_name in workflow.monitors
-	workflow_name_consistent
+	object.get(input.trigger, "workflow_name", null) in {null, input.principal.name}
 	reason := sprintf("authz.workflow: workflow %q may run %q when monitor %q triggers it", [input.principal.name, input.action, input.trigger.monitor_name])
 }
 
-grants contains {"rule": sprintf("authz.role.%s", [role]), "reason": role_reason(role)} if {
+# One body for all three ways a role can permit an action (role_permits), so a non-user principal
+# costs one failed test here instead of three.
+grants contains {"rule": sprintf("authz.role.%s", [role]), "reason": reason} if {
 	input.principal.type == "user"
 	input.principal.id != ""
 	some role in input.principal.roles
-	category in data.dogbank.roles[role].categories
+	role_permits(data.dogbank.roles[role])
+	category := data.dogbank.actions[input.action]
+	reason := sprintf("authz.role.%s: role %q may run %q (category %s)", [role, role, input.action, category])
 }
 
-grants contains {"rule": sprintf("authz.role.%s", [role]), "reason": role_reason(role)} if {
-	input.principal.type == "user"
-	input.principal.id != ""
-	some role in input.principal.roles
-	input.action in data.dogbank.roles[role].actions
-}
+# A role (data.dogbank.roles[name]) permits an action by its category, by name, or by a name prefix.
+role_permits(grant) if data.dogbank.actions[input.action] in grant.categories
 
-grants contains {"rule": sprintf("authz.role.%s", [role]), "reason": role_reason(role)} if {
-	input.principal.type == "user"
-	input.principal.id != ""
-	some role in input.principal.roles
-	some prefix in data.dogbank.roles[role].action_prefixes
+role_permits(grant) if input.action in grant.actions
+
+role_permits(grant) if {
+	some prefix in grant.action_prefixes
 	startswith(input.action, prefix)
 }
-
-role_reason(role) := sprintf("authz.role.%s: role %q may run %q (category %s)", [role, role, input.action, category])
 
 # A trigger that names a workflow must name the principal's own workflow.
 workflow_name_consistent if object.get(input.trigger, "workflow_name", null) == null
@@ -64,25 +62,26 @@ workflow_name_consistent if input.trigger.workflow_name == input.principal.name
 
 # --- denials: only when nothing granted, each saying what was missing -----------------------------
 
-denied if count(grants) == 0
+# One test for "nothing granted" instead of one per explanation below.
+deny contains denial if {
+	count(grants) == 0
+	some denial in why_not
+}
 
-deny contains {"rule": "authz.workflow", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.workflow", "reason": reason} if {
 	input.principal.type == "workflow"
 	not data.dogbank.workflows[input.principal.name]
 	reason := sprintf("authz.workflow: workflow %q is not in data.dogbank.workflows; it may only run diagnostics", [input.principal.name])
 }
 
-deny contains {"rule": "authz.workflow", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.workflow", "reason": reason} if {
 	input.principal.type == "workflow"
 	workflow := data.dogbank.workflows[input.principal.name]
 	not input.action in workflow.actions
 	reason := sprintf("authz.workflow: workflow %q may only run %s, not %q", [input.principal.name, concat(", ", workflow.actions), input.action])
 }
 
-deny contains {"rule": "authz.workflow", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.workflow", "reason": reason} if {
 	input.principal.type == "workflow"
 	workflow := data.dogbank.workflows[input.principal.name]
 	input.action in workflow.actions
@@ -93,8 +92,7 @@ deny contains {"rule": "authz.workflow", "reason": reason} if {
 	)
 }
 
-deny contains {"rule": "authz.workflow", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.workflow", "reason": reason} if {
 	input.principal.type == "workflow"
 	workflow := data.dogbank.workflows[input.principal.name]
 	input.action in workflow.actions
@@ -103,8 +101,7 @@ deny contains {"rule": "authz.workflow", "reason": reason} if {
 	reason := sprintf("authz.workflow: principal is workflow %q but the trigger names workflow %q", [input.principal.name, input.trigger.workflow_name])
 }
 
-deny contains {"rule": "authz.role", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.role", "reason": reason} if {
 	input.principal.type == "user"
 	reason := sprintf(
 		"authz.role: user %q with roles [%s] may not run %q (category %s)",
@@ -112,14 +109,12 @@ deny contains {"rule": "authz.role", "reason": reason} if {
 	)
 }
 
-deny contains {"rule": "authz.service", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz.service", "reason": reason} if {
 	input.principal.type == "service"
 	reason := sprintf("authz.service: service principal %q may only run diagnostics, not %q", [input.principal.id, input.action])
 }
 
-deny contains {"rule": "authz", "reason": reason} if {
-	denied
+why_not contains {"rule": "authz", "reason": reason} if {
 	not input.principal.type in {"workflow", "user", "service"}
 	reason := sprintf("authz: unknown principal type %v; only workflow, user and service exist", [object.get(input.principal, "type", null)])
 }

@@ -58,3 +58,18 @@ test_empty_input_is_denied if {
 test_decision_is_defined_without_input if {
 	not data.par.decision.allow
 }
+
+# data.par.allow (the verdict alone) must agree with the decision, which repeats its conditions inline.
+allow_agreement_cases := {
+	"allowed": t.sre("restart_transaction_service", []),
+	"denied by authz": t.doc("restart_pix_worker", t.user(["developer"]), t.manual, []),
+	"denied by a rate limit": t.doc("scale_pix_worker_3", t.workflow(t.scale_wf), t.monitor(t.lag_monitor), [t.ran("scale_pix_worker_3", 10, "pix-worker")]),
+	"malformed input": object.remove(t.sre("restart_pix_worker", []), ["trigger"]),
+}
+
+test_allow_rule_agrees_with_decision[note] if {
+	some note, inp in allow_agreement_cases
+	d := data.par.decision with input as inp
+	a := data.par.allow with input as inp
+	a == d.allow
+}

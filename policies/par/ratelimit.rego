@@ -3,26 +3,30 @@
 # A timestamp counts while now - ts < window (strictly), so an attempt is allowed again at exactly
 # ts + window; every denial says when. Windows must not exceed policy.history_window_s (3600 s), the
 # history the runner passes in. Each limit scans the history only for the category it applies to,
-# with the conditions inlined (see the note in authz.rego on the interpreter's cost model).
+# with the conditions inlined, the action's category included (data.dogbank.actions[input.action]; see
+# the note in authz.rego on the interpreter's cost model).
 package par.ratelimit
 
 import rego.v1
-
-# The action's category per the policy data (undefined for an unknown action).
-category := data.dogbank.actions[input.action]
 
 # --- scaling: at most N in any window, and a minimum interval --------------------------------------
 
 # [ts_ns, action] of every scaling run in the window (pairs, so one run is counted once).
 scale_runs := {[h.ts_ns, h.action] |
+	actions := data.dogbank.actions
 	window := data.dogbank.rate_limits.scale.window_s * 1000000000
 	some h in input.history
-	data.dogbank.actions[h.action] == "scale"
+	actions[h.action] == "scale"
 	input.now_ns - h.ts_ns < window
 }
 
-deny contains {"rule": "rate_limit.scale_count", "reason": reason} if {
-	category == "scale"
+# The scaling limits are checked only for a scaling action: one test here instead of one per limit.
+deny contains denial if {
+	data.dogbank.actions[input.action] == "scale"
+	some denial in scale_deny
+}
+
+scale_deny contains {"rule": "rate_limit.scale_count", "reason": reason} if {
 	limit := data.dogbank.rate_limits.scale
 	count(scale_runs) >= limit.max
 	runs := sort(scale_runs)
@@ -33,8 +37,7 @@ deny contains {"rule": "rate_limit.scale_count", "reason": reason} if {
 	)
 }
 
-deny contains {"rule": "rate_limit.scale_interval", "reason": reason} if {
-	category == "scale"
+scale_deny contains {"rule": "rate_limit.scale_interval", "reason": reason} if {
 	interval := data.dogbank.rate_limits.scale.min_interval_s * 1000000000
 	recent := [run[0] | some run in scale_runs; input.now_ns - run[0] < interval]
 	count(recent) > 0
@@ -49,13 +52,14 @@ deny contains {"rule": "rate_limit.scale_interval", "reason": reason} if {
 
 deny contains {"rule": "rate_limit.restart_service", "reason": reason} if {
 	limit := data.dogbank.rate_limits.restart_per_service
-	category in limit.categories
+	actions := data.dogbank.actions
+	actions[input.action] in limit.categories
 	window := limit.window_s * 1000000000
 	some service in input.action_info.services
 	runs := sort({[h.ts_ns, h.action] |
 		some h in input.history
 		h.service == service
-		data.dogbank.actions[h.action] in limit.categories
+		actions[h.action] in limit.categories
 		input.now_ns - h.ts_ns < window
 	})
 	count(runs) >= limit.max
@@ -86,16 +90,14 @@ deny contains {"rule": "rate_limit.action", "reason": reason} if {
 
 # --- replicas --------------------------------------------------------------------------------------
 
-deny contains {"rule": "limit.max_replicas", "reason": reason} if {
-	category == "scale"
+scale_deny contains {"rule": "limit.max_replicas", "reason": reason} if {
 	some n in [object.get(input.action_info, "replicas", null), object.get(input.parameters, "replicas", null)]
 	is_number(n)
 	n > data.dogbank.max_replicas
 	reason := sprintf("limit.max_replicas: scaling to %d replicas is above the maximum of %d", [n, data.dogbank.max_replicas])
 }
 
-deny contains {"rule": "limit.max_replicas", "reason": reason} if {
-	category == "scale"
+scale_deny contains {"rule": "limit.max_replicas", "reason": reason} if {
 	not is_number(object.get(input.action_info, "replicas", null))
 	not is_number(object.get(input.parameters, "replicas", null))
 	reason := sprintf("limit.max_replicas: scale action %q declares no replica count, so it cannot be checked", [input.action])

@@ -10,9 +10,10 @@ every thread picks up the new policy on its next decision. Per decision the cost
 
 ``mode="compiled"`` evaluates through regorus' RVM (the policy compiled to bytecode per query, 2-4x
 faster). It is opt-in because its semantics are not identical to the interpreter that
-``par policy test`` runs: a complete rule with two different values is *undefined* there instead of
-an error, which can make a deny rule silently not fire (docs/policy-input.md). A query the RVM
-cannot compile falls back to the interpreter.
+``par policy test`` runs: where the interpreter reports a conflicting complete rule, the RVM yields
+undefined (two definitions) or silently the last value (one iterating body), which can make a deny
+rule silently not fire (docs/policy-input.md). A query the RVM cannot compile falls back to the
+interpreter.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ MAX_INPUT_BYTES = 1024 * 1024  # any input; task inputs have their own, smaller 
 UNDEFINED = "<undefined>"  # what regorus' eval_rule_as_json returns for an undefined rule
 _tokens = itertools.count(1)
 _tls = threading.local()
+# json.dumps(doc, allow_nan=False, separators=...) builds a new encoder per call; this is the same
+# encoder, built once (same output, about 1 us less per decision).
+_encode_input = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 ReloadCallback = Callable[[str, "str | None"], None]
 
@@ -141,7 +145,7 @@ class EmbeddedEngine:
             if not QUERY.match(query):
                 return policy_error(f"query {query!r} is not a data path like data.par.decision", state.bundle.revision)
             doc = input_doc if isinstance(input_doc, dict) else dict(input_doc)
-            text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
+            text = _encode_input(doc)
             if len(text) > MAX_INPUT_BYTES:
                 return policy_error(f"input is {len(text)} bytes, over {MAX_INPUT_BYTES}", state.bundle.revision)
             prepared = self._engines_for(state)

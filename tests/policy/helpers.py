@@ -14,6 +14,7 @@ from sandbox.policy import build_task_input
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"
+REFERENCE_V1 = Path(__file__).resolve().parent / "reference_v1"  # the par policies before restructuring
 CATALOG_FILE = REPO / "config" / "credentials" / "script.yaml"
 NOW = datetime(2027, 1, 15, 8, 0, 0, tzinfo=UTC)
 NOW_NS = 1_800_000_000_000_000_000
@@ -92,3 +93,17 @@ decision := {"allow": allow, "reasons": ["simple: ok is not true"], "rule_ids": 
 
 decision := {"allow": true, "reasons": ["simple: ok"], "rule_ids": ["simple"], "limits": {"timeout_s": 5}} if allow
 """
+
+
+def par_bundle(root: Path, *, reference: bool, data: dict[str, Any]) -> Path:
+    """A policy dir with the shipped par modules (or the reference_v1 copy of them) and ``data``."""
+    (root / "par").mkdir(parents=True)
+    if reference:
+        for src in REFERENCE_V1.glob("*.rego.txt"):
+            (root / "par" / src.name.removesuffix(".txt")).write_text(src.read_text())
+    else:
+        for src in (POLICIES / "par").glob("*.rego"):
+            if not src.name.endswith("_test.rego"):
+                shutil.copy(src, root / "par" / src.name)
+    (root / "data.json").write_text(json.dumps(data))
+    return root
