@@ -29,7 +29,6 @@ from sandbox._internal.policy_input import (
     history_entries,
     validate_task_input,
 )
-from sandbox._internal.policy_opa import OpaEngine
 from sandbox.config import PolicyConfig
 from sandbox.errors import PolicyError
 
@@ -81,6 +80,10 @@ def open_engine(cfg: PolicyConfig, *, on_reload: ReloadCallback | None = None) -
     if cfg.engine == "embedded":
         return EmbeddedEngine(cfg.path, on_reload=on_reload, watch=cfg.watch, mode=cfg.embedded_mode)
     if cfg.engine == "opa":
+        # Imported here: the OPA client pulls in requests/aiohttp (~25 MB resident), which the embedded
+        # default (and the long-lived proxy process) should not carry.
+        from sandbox._internal.policy_opa import OpaEngine  # noqa: PLC0415
+
         return OpaEngine(cfg.opa_url, cfg.opa_timeout_s, local_path=cfg.path)
     raise PolicyError(f"unknown policy engine {cfg.engine!r}; use 'embedded' or 'opa'")
 
