@@ -18,11 +18,13 @@ applied are reported in every :class:`JailResult`.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import resource
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -35,7 +37,7 @@ from typing import Any
 
 from sandbox._internal import jail_child, landlock, seccomp_filter
 from sandbox._internal.jail_cgroup import RunCgroup, cgroup_available
-from sandbox._internal.jail_spawn import Launcher, close_quietly
+from sandbox._internal.jail_spawn import Launcher, close_quietly, read_report
 from sandbox._internal.jail_supervise import supervise
 from sandbox.config import JailConfig
 from sandbox.errors import JailError
@@ -50,6 +52,8 @@ BASE_CONTROLS = ("new_session", "clean_env", "close_fds", "umask_077", "private_
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 RESERVED_ENV = frozenset({"PATH", "HOME", "DOCKER_HOST", "COMPOSE_PROJECT_NAME"})
 DOCKER_SOCKET = Path("/var/run/docker.sock")
+#: How long a warm child may take from our request to its exec (it is already forked and unshared).
+WARM_REPORT_TIMEOUT_S = 30.0
 
 #: Read+execute: the system dirs holding libc, sh, python3 and the docker CLI with its compose
 #: plugin (/usr/local/bin/docker, /usr/local/lib/docker/cli-plugins, /usr/libexec/docker).
@@ -137,6 +141,14 @@ def jail_ids(cfg: JailConfig) -> tuple[int, int]:
     return uid, gid
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a run's temp dir; most runs leave it empty, and one rmdir is cheaper than rmtree's walk."""
+    try:
+        path.rmdir()
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _docker_socket_reachable(uid: int, gid: int, sock: Path = DOCKER_SOCKET) -> bool:
     """Would file permissions let (uid, gid, no supplementary groups) connect to the engine socket?"""
     try:
@@ -208,6 +220,14 @@ class Jail:
             (resource.RLIMIT_NOFILE, cfg.open_files),
             (resource.RLIMIT_NPROC, cfg.processes),
         )
+
+        #: What every launcher child of this jail gets (sent with "warm" and cold "spawn" requests).
+        self._launcher_setup: dict[str, Any] = {
+            "netns": self._ids is not None,
+            "ids": list(self._ids) if self._ids else None,
+            "rlimits": [list(x) for x in self._rlimits],
+            "seccomp": self._seccomp_bpf.hex() if self._seccomp_bpf is not None else None,
+        }
 
     @property
     def landlock_abi(self) -> int | None:
@@ -281,7 +301,7 @@ class Jail:
                 cgroup = RunCgroup.create(tmpdir.name, pids_max=self.cfg.processes)
             spawn = self._spawn_launcher if self.cfg.spawn == "launcher" else self._spawn_fork
             try:
-                pid, out_r, err_r, reap = spawn(list(argv), child_env, tmpdir, ruleset, cgroup)
+                pid, out_r, err_r, reap, pidfd = spawn(list(argv), child_env, tmpdir, ruleset, cgroup)
             finally:
                 if ruleset is not None:
                     ruleset.close()
@@ -296,6 +316,7 @@ class Jail:
                     cancel=cancel,
                     kill_extra=cgroup.kill_all if cgroup else (lambda: None),
                     reap=reap,
+                    pidfd=pidfd,
                 )
             finally:
                 os.close(out_r)
@@ -303,7 +324,7 @@ class Jail:
         finally:
             if cgroup is not None:
                 cgroup.destroy()
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_tree(tmpdir)
         status = outcome.status
         result = JailResult(
             exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -339,7 +360,7 @@ class Jail:
         cwd: Path,
         ruleset: landlock.Ruleset | None,
         cgroup: RunCgroup | None,
-    ) -> tuple[int, int, int, Callable[[], int]]:
+    ) -> tuple[int, int, int, Callable[[], int], int | None]:
         """Fork via the small single-threaded launcher process (default; see jail_launcher)."""
         if self._launcher is None:
             with self._launcher_lock:
@@ -355,37 +376,60 @@ class Jail:
         if cgroup is not None:
             names.append("cgroup")
             fds.append(cgroup.procs_fd)
-        request = {
-            "op": "spawn",
-            "argv": argv,
-            "env": env,
-            "cwd": str(cwd),
-            "netns": self._ids is not None,
-            "ids": list(self._ids) if self._ids else None,
-            "rlimits": [list(x) for x in self._rlimits],
-            "seccomp": self._seccomp_bpf.hex() if self._seccomp_bpf is not None else None,
-            "fds": names,
-        }
+        request = {"argv": argv, "env": env, "cwd": str(cwd), "fds": names}
         try:
-            reply = launcher.request(request, fds)
+            pid, pidfd = self._launch(launcher, request, fds, argv)
         except BaseException:
             close_quietly(out_r, err_r)
             raise
         finally:
             close_quietly(out_w, err_w)
-        if "pid" not in reply:
-            close_quietly(out_r, err_r)
-            raise self._step_error(str(reply.get("error", "launcher")), int(reply.get("errno", 0)), argv)
-        pid = int(reply["pid"])
+        setup = self._launcher_setup
 
         def reap() -> int:
             try:
                 status = launcher.request({"op": "reap", "pid": pid}).get("status")
             except JailError:
                 status = None  # the launcher died; its children were SIGKILLed by their death signal
+            launcher.prewarm(setup)  # the next run's child: fork + fresh netns while we are idle
             return int(status) if status is not None else int(signal.SIGKILL)
 
-        return pid, out_r, err_r, reap
+        return pid, out_r, err_r, reap, pidfd
+
+    def _launch(
+        self, launcher: Launcher, request: dict[str, Any], fds: list[int], argv: Sequence[str]
+    ) -> tuple[int, int | None]:
+        """Start the child: straight through a warm child if one is ready, else via the launcher.
+
+        Returns the pid and, on the warm path, a pidfd for it (it cannot refer to a recycled pid).
+        A warm child was prepared with ``_launcher_setup``; the request carries only the run's part.
+        """
+        warm = launcher.take_warm(self._ids is not None)
+        if warm is not None:
+            try:
+                socket.send_fds(warm.sock, [json.dumps(request).encode()], fds)
+            except OSError:  # it died before taking the request (nothing ran): use the cold path
+                launcher.discard(warm)
+                warm = None
+        if warm is None:
+            reply = launcher.request({**self._launcher_setup, **request, "op": "spawn"}, fds)
+            if "pid" not in reply:
+                raise self._step_error(str(reply.get("error", "launcher")), int(reply.get("errno", 0)), argv)
+            return int(reply["pid"]), None
+        try:
+            warm.sock.close()
+            report = read_report(warm.report_r, WARM_REPORT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            launcher.discard(warm)
+            raise JailError(f"the jail launcher's child did not start: {exc}") from None
+        if report:
+            launcher.discard(warm)
+            step, _, err = report.decode(errors="replace").partition(":")
+            raise self._step_error(step, int(err) if err.isdigit() else 0, argv)
+        pid, pidfd = warm.pid, warm.pidfd
+        warm.pidfd = -1  # handed over to supervise()
+        warm.close()
+        return pid, pidfd
 
     def _spawn_fork(
         self,
@@ -394,7 +438,7 @@ class Jail:
         cwd: Path,
         ruleset: landlock.Ruleset | None,
         cgroup: RunCgroup | None,
-    ) -> tuple[int, int, int, Callable[[], int]]:
+    ) -> tuple[int, int, int, Callable[[], int], int | None]:
         """Fork the runner itself; the child only makes pre-bound calls (see jail_child)."""
         report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
@@ -430,7 +474,7 @@ class Jail:
         def reap() -> int:
             return os.waitpid(proc.pid, 0)[1]
 
-        return proc.pid, out_r, err_r, reap
+        return proc.pid, out_r, err_r, reap, None
 
     @staticmethod
     def _step_error(step: str, err: int, argv: Sequence[str]) -> JailError:

@@ -20,10 +20,12 @@ import ctypes
 import os
 import resource
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sandbox._internal import landlock
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -56,20 +58,43 @@ def set_dumpable(value: bool) -> None:
         raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
 
 
-@dataclass
+def unshare_net() -> int:
+    """Move the caller into a new, empty network namespace; 0 or an errno. Safe in a forked child."""
+    return 0 if _unshare(CLONE_NEWNET) == 0 else (ctypes.get_errno() or 1)
+
+
+def set_parent_death_signal() -> None:
+    """SIGKILL the caller when its parent thread exits (cleared by credential changes: re-arm after)."""
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
 class ChildPlan:
-    """Prepared in the parent; ``__call__`` runs in the child as ``preexec_fn``."""
+    """Prepared in the parent; ``__call__`` runs in the child as ``preexec_fn``.
 
-    netns: bool
-    ids: tuple[int, int] | None
-    rlimits: Sequence[tuple[int, int]]
-    no_new_privs: bool
-    landlock_fd: int | None
-    seccomp_bpf: bytes | None
-    report_fd: int
-    cgroup_fd: int | None = None
+    A plain class, not a dataclass: the launcher imports this module, and ``dataclasses`` pulls in
+    ``inspect``/``ast``, megabytes that every forked child would copy-on-write and exec would unmap.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        netns: bool,
+        ids: tuple[int, int] | None,
+        rlimits: Sequence[tuple[int, int]],
+        no_new_privs: bool,
+        landlock_fd: int | None,
+        seccomp_bpf: bytes | None,
+        report_fd: int,
+        cgroup_fd: int | None = None,
+    ) -> None:
+        self.netns = netns
+        self.ids = ids
+        self.rlimits = rlimits
+        self.no_new_privs = no_new_privs
+        self.landlock_fd = landlock_fd
+        self.seccomp_bpf = seccomp_bpf
+        self.report_fd = report_fd
+        self.cgroup_fd = cgroup_fd
         # Build the ctypes objects now: the child must not allocate structures it then points to.
         self._bpf_buf = ctypes.create_string_buffer(self.seccomp_bpf or b"\0", len(self.seccomp_bpf or b"\0"))
         self._fprog = SockFprog(len(self.seccomp_bpf or b"") // 8, ctypes.addressof(self._bpf_buf))
@@ -88,8 +113,10 @@ class ChildPlan:
                 os.write(self.cgroup_fd, b"0")  # "0" = the writer: join the run's cgroup before anything runs
             except OSError as exc:
                 self._fail("cgroup", exc.errno or 0)
-        if self.netns and _unshare(CLONE_NEWNET) != 0:
-            self._fail("netns", ctypes.get_errno())
+        if self.netns:
+            err = unshare_net()
+            if err:
+                self._fail("netns", err)
         for res, lim in self._limits:
             try:
                 resource.setrlimit(res, lim)
@@ -105,7 +132,7 @@ class ChildPlan:
                 self._fail("identity", exc.errno or 0)
             # Credential changes clear the parent-death signal, so arm it afterwards. "Parent" is the
             # forking *thread*: run() blocks in that thread for the child's whole life, so that is fine.
-            _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            set_parent_death_signal()
         if self.no_new_privs and _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             self._fail("no_new_privs", ctypes.get_errno())
         if self.landlock_fd is not None:

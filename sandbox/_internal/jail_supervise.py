@@ -62,13 +62,16 @@ def supervise(
     cancel: threading.Event | None,
     kill_extra: Callable[[], None] = lambda: None,
     reap: Callable[[], int] | None = None,
+    pidfd: int | None = None,
 ) -> Outcome:
     """Run until the leader exits (or is killed) and the pipes are drained; always reaps ``pid``.
 
     ``reap`` returns the wait status; by default ``waitpid`` (the leader is our child), with the
     launcher it asks the launcher, whose child it is. Either way only after the group kill.
+    ``pidfd`` (if given, closed here) is a pidfd the caller already holds for ``pid``.
     """
-    pidfd = os.pidfd_open(pid)
+    if pidfd is None:
+        pidfd = os.pidfd_open(pid)
     out, err = Capture(limit), Capture(limit)
     streams = {stdout_fd: out, stderr_fd: err}
     poller = select.poll()

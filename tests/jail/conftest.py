@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from sandbox.config import JailConfig
+from sandbox.errors import JailError
 from sandbox.jail import Jail, JailResult
 from tests.support.env import require
 
@@ -48,17 +50,17 @@ def attack_dir(world_readable_dir: Path) -> Path:
 JailFactory = Callable[..., Jail]
 
 
-@pytest.fixture(params=["launcher", "fork"])
+@pytest.fixture(params=["launcher", "warm", "fork"])
 def make_jail(
     request: pytest.FixtureRequest, jail_user: str, attack_dir: Path, tmp_path: Path
 ) -> Iterator[JailFactory]:
-    """Jails in both spawn modes: via the launcher process (default) and forking the runner itself."""
+    """Jails in every spawn path: a fresh launcher (its cold ``spawn``), a launcher after one run (so
+    the test's runs go through a pre-forked warm child), and forking the runner itself."""
     made: list[Jail] = []
+    spawn: Literal["launcher", "fork"] = "fork" if request.param == "fork" else "launcher"
 
     def factory(*, read_paths: tuple[Path, ...] = (), proxy_socket: Path | None = None, **overrides: Any) -> Jail:
-        base = JailConfig(
-            user=jail_user, group=jail_user, kill_grace_s=0.5, default_timeout_s=30.0, spawn=request.param
-        )
+        base = JailConfig(user=jail_user, group=jail_user, kill_grace_s=0.5, default_timeout_s=30.0, spawn=spawn)
         cfg = dataclasses.replace(base, **overrides)
         jail = Jail(
             cfg,
@@ -67,6 +69,9 @@ def make_jail(
             read_paths=(attack_dir, *read_paths),
         )
         made.append(jail)
+        if request.param == "warm":
+            with contextlib.suppress(JailError):  # a config meant to fail leaves no warm child: cold path
+                jail.run(["/bin/true"])
         return jail
 
     yield factory
