@@ -58,6 +58,13 @@ class ControlPlaneConfig:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 180.0
     circuit_breaker_failures: int = 10  # consecutive failures before the breaker opens
+    circuit_breaker_open_s: float = 60.0  # how long an open breaker stops all requests
+    # The local control plane (`par controlplane serve`); ignored when the runner talks to Datadog.
+    signing_key: Path = Path("controlplane_key.pem")  # Ed25519 private key that signs tasks, mode 0600
+    signing_key_id: str = "local-controlplane"
+    runner_public_key: Path = Path("private_key.pub")  # enrolled public key of runner.runner_id (ES256 JWTs)
+    database: Path = Path("../var/controlplane.sqlite3")  # queue and results (admin token beside it)
+    task_ttl_s: float = 300.0  # expires_at of submitted tasks = submission time + this
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,9 @@ class PolicyConfig:
     proxy_decision: str = "data.par.docker_proxy.decision"  # docker proxy decision
     history_window_s: int = 3600  # how much execution history the policy sees
     watch: bool = True  # reload when policy files change (SIGHUP always reloads)
+    # embedded only: "interpreter" (what `par policy test` runs) or "compiled" (regorus RVM, 2-4x faster;
+    # see docs/policy-input.md for how its semantics differ before turning it on)
+    embedded_mode: Literal["interpreter", "compiled"] = "interpreter"
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,7 @@ class AuditConfig:
     segment_max_bytes: int = 16 * 1024 * 1024  # rotate a segment file past this size
     checkpoint_every_records: int = 1000
     checkpoint_every_s: float = 300.0
-    group_commit_max_records: int = 256  # max records per fsync batch
-    group_commit_max_delay_ms: float = 2.0  # max wait for a batch to fill
+    group_commit_max_records: int = 256  # max records per write+fsync batch (appends during an fsync share the next)
 
 
 @dataclass(frozen=True)
@@ -102,12 +111,13 @@ class ProxyConfig:
     max_body_bytes: int = 1048576
     client_timeout_s: float = 30.0  # idle/slow client cutoff (streaming responses excepted)
     upstream_timeout_s: float = 60.0
+    max_connections: int = 128  # concurrent client connections; more are refused with 503
 
 
 @dataclass(frozen=True)
 class JailConfig:
-    user: str = "nobody"  # used when the runner is root; else the runner's own uid
-    group: str = "nogroup"
+    user: str = "par-jail"  # dedicated system user (RLIMIT_NPROC is per uid); used when the runner is root
+    group: str = "par-jail"  # its own group: the proxy socket's group, never the docker group
     require: tuple[str, ...] = ("identity", "netns", "seccomp", "landlock", "no_new_privs", "rlimits")
     cpu_s: int = 60  # RLIMIT_CPU, seconds of CPU
     address_space_bytes: int = 4 * 1024**3  # RLIMIT_AS; Go reserves ~1 GiB up front
@@ -119,6 +129,8 @@ class JailConfig:
     kill_grace_s: float = 3.0  # SIGTERM -> SIGKILL
     tmp_root: Path = Path("/tmp")  # noqa: S108 - per-run dirs are mkdtemp 0700 inside it
     extra_read_paths: tuple[Path, ...] = ()  # more read-only paths for Landlock
+    cgroup: bool = False  # per-run cgroup v1 pids cgroup (pids.max = processes); joining costs ~10 ms on v1
+    spawn: Literal["launcher", "fork"] = "launcher"  # fork children from a small launcher process, or the runner
 
 
 @dataclass(frozen=True)
