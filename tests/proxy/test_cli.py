@@ -86,6 +86,11 @@ def test_par_proxy_serves_and_stops_on_sigterm(docker_engine: None, sock_dir: Pa
         assert request(sock, "GET", "/_ping").status == 200
         r = request(sock, "GET", "/v1.41/info")
         assert r.status == 403 and "route_not_allowed" in r.json()["message"]
+        # SIGHUP reloads the policy (operators upgrade rules without a restart); the proxy keeps serving.
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        assert request(sock, "GET", "/_ping").status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert not sock.exists()
@@ -130,3 +135,4 @@ def test_existing_non_socket_path_is_never_replaced(docker_engine: None, proxy_e
     with pytest.raises(ProxyError):
         px.start()
     assert victim.read_text() == "keep me"
+

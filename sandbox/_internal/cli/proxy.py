@@ -50,7 +50,7 @@ def run(ns: argparse.Namespace) -> int:
     cfg = config_from(ns)
     configure(cfg.logging)  # before importing the proxy: its module logger binds the configuration in force
 
-    from sandbox.policy import open_engine  # noqa: PLC0415 - keep `par --help` fast
+    from sandbox.policy import install_sighup_reload, open_engine  # noqa: PLC0415 - keep `par --help` fast
     from sandbox.proxy import DockerProxy  # noqa: PLC0415
 
     pcfg: ProxyConfig = cfg.proxy
@@ -83,6 +83,7 @@ def run(ns: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    install_sighup_reload(engine)  # operators upgrade the proxy's Rego rules without a restart
     try:
         proxy.serve_forever()
     finally:
