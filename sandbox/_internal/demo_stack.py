@@ -90,13 +90,44 @@ def compose_argv(project: str, compose_file: Path = COMPOSE_FILE) -> list[str]:
     return ["docker", "compose", "-p", project, "-f", str(compose_file)]
 
 
+SEED_PROJECT = "dogbank"
+NETWORK_LABEL = "com.dogbank.demo.network=1"
+
+
+def seed_network(project: str) -> str | None:
+    """The ``<project>_default`` network the seed's set-up checks for, for the seed's own project only."""
+    return f"{project}_default" if project == SEED_PROJECT else None
+
+
+def ensure_network(name: str) -> None:
+    """Create ``name`` as an *internal* network with no container attached.
+
+    The real DogBank stack creates ``dogbank_default`` as a side effect of its services joining it; the
+    stand-ins run with ``network_mode: none`` (nothing here may send traffic), so the demo creates the
+    network explicitly, internal (no route out), so that the seed's checks (`docker network ls | grep
+    dogbank_default`) and the deployment's external network reference hold.
+    """
+    probe = subprocess.run(["docker", "network", "inspect", name], capture_output=True, check=False)
+    if probe.returncode != 0:
+        _run(["docker", "network", "create", "--internal", "--label", NETWORK_LABEL, name])
+
+
 def up(project: str, compose_file: Path = COMPOSE_FILE) -> None:
     ensure_images()
+    network = seed_network(project)
+    if network:
+        ensure_network(network)
     _run([*compose_argv(project, compose_file), "up", "--detach", "--wait", "--wait-timeout", "120"])
 
 
 def down(project: str, compose_file: Path = COMPOSE_FILE) -> None:
     _run([*compose_argv(project, compose_file), "down", "--volumes", "--remove-orphans", "--timeout", "5"])
+    network = seed_network(project)
+    if network:
+        labelled = _run(["docker", "network", "ls", "-q", "--filter", f"name=^{network}$", "--filter",
+                         f"label={NETWORK_LABEL}"]).split()
+        if labelled:  # only the network this module created, never one the real stack owns
+            _run(["docker", "network", "rm", network])
 
 
 def main(argv: list[str]) -> int:
