@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox.catalog import Catalog, load_catalog
 from sandbox.config import RunnerConfig, load_config
+
+if TYPE_CHECKING:
+    from sandbox.catalog import Catalog
 
 
 def config_from(ns: argparse.Namespace) -> RunnerConfig:
@@ -17,6 +19,9 @@ def config_from(ns: argparse.Namespace) -> RunnerConfig:
 
 
 def catalog_from(cfg: RunnerConfig) -> Catalog:
+    # Imported on use: the catalog brings jsonschema (~18 MB resident), which `par proxy` never needs.
+    from sandbox.catalog import load_catalog  # noqa: PLC0415
+
     return load_catalog(cfg.catalog)
 
 
