@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
+from sandbox import metrics
 from sandbox._internal import proxy_json
 from sandbox._internal.proxy_http import BadRequest, ClientRequest, RequestReader, build_request, response_headers
 from sandbox._internal.proxy_inspect import (
@@ -521,6 +522,7 @@ class DockerProxy:
     def _deny(self, method: str, path: str, rule: str, reasons: list[str], peer: dict[str, int]) -> None:
         record = {"method": method, "path": path[:512], "rule": rule, "reasons": reasons}
         log.warning("proxy_denied", **record, **peer)
+        metrics.proxy_denied(rule, method)
         if self.audit is not None:
             try:
                 self.audit.append("proxy_denied", record)

@@ -301,6 +301,11 @@ class Runner:
             )
         return protocol.failure_result(task_id or "unknown", self.cfg.runner.runner_id, code, reason)
 
+    def _counts_toward_limits(self, action_name: str) -> bool:
+        """Only state-changing executions are policy history; an action no longer in the catalog still counts."""
+        action = self.catalog.actions.get(action_name)
+        return action is None or action.category != "diagnostic"
+
     def _admit_and_execute(self, task: Task, resolved: Resolved, cancel: threading.Event | None) -> TaskResult:
         rid = self.cfg.runner.runner_id
         action = resolved.action
@@ -311,7 +316,8 @@ class Runner:
                 doc = build_task_input(
                     action=action.name, parameters=resolved.parameters, principal=task.principal,
                     trigger=task.trigger, task=task.policy_view(),
-                    history=self.ledger.history(now_ns, self.cfg.policy.history_window_s),
+                    history=self.ledger.history(now_ns, self.cfg.policy.history_window_s,
+                                                counts=self._counts_toward_limits),
                     runner_id=rid, now=now, catalog_action=action,
                     history_window_s=self.cfg.policy.history_window_s,
                 )

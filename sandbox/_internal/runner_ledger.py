@@ -17,7 +17,7 @@ O(1) instead of re-reading the log for every task.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -121,7 +121,15 @@ class Ledger:
             self.seen.add(task_id)
             return False
 
-    def history(self, now_ns: int, window_s: int) -> list[dict[str, Any]]:
+    def history(
+        self, now_ns: int, window_s: int, *, counts: Callable[[str], bool] = lambda action: True
+    ) -> list[dict[str, Any]]:
+        """Policy history inside the window, limited to executions of actions for which ``counts`` is true.
+
+        The runner leaves read-only (diagnostic) actions out: they are never rate limited, and keeping them
+        would let a burst of harmless reads fill the policy input's bounded history, which fails closed and
+        would deny every remediation until the burst ages out of the window.
+        """
         horizon = now_ns - window_s * 1_000_000_000
         out: list[dict[str, Any]] = []
         with self._lock:
@@ -131,7 +139,7 @@ class Ledger:
             for t in stale:
                 del self.executions[t]
             for ex in self.executions.values():
-                if ex.ts_ns > horizon and ex.action:
+                if ex.ts_ns > horizon and ex.action and counts(ex.action):
                     out.extend(
                         history_entries(
                             action=ex.action, ts_ns=ex.ts_ns, outcome=ex.outcome,

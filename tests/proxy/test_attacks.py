@@ -640,3 +640,21 @@ def test_parallel_keep_alive_clients_are_served(proxy: Proxy) -> None:
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(client, range(20)))
     assert results == [[200, 200, 200, 403]] * 20
+
+
+def test_a_denial_is_counted_in_metrics(proxy: Proxy) -> None:
+    """Operators alert on proxy denials: each refusal sends one DogStatsD datagram naming its rule."""
+    from sandbox import metrics  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as agent:
+        agent.bind(("127.0.0.1", 0))
+        agent.settimeout(5)
+        metrics.set_client(metrics.Metrics("127.0.0.1", agent.getsockname()[1]))
+        try:
+            r = request(proxy.sock, "GET", f"{V}/info")
+            assert r.status == 403
+            datagram = agent.recv(4096).decode()
+        finally:
+            metrics.set_client(None)
+    assert datagram.startswith("dogbank.par.proxy.denials:1|c|#")
+    assert "rule:route_not_allowed" in datagram and "method:get" in datagram.lower()

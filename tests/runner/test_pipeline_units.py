@@ -21,6 +21,7 @@ from sandbox._internal.runner_pipeline import (
 from sandbox.catalog import load_catalog
 from sandbox.errors import TaskRejected
 from sandbox.protocol import ErrorCode
+from sandbox.runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,3 +163,28 @@ def test_result_rebuilt_from_records():
     timeout = result_from_records("r", "execution_finished", 2, {"task_id": "t", "outcome": "timeout"}, None)
     assert timeout.error_code == "ACTION_ERROR" and protocol.check_result(timeout.to_dict()) is None
     assert result_from_records("r", "task_rejected", 3, {"task_id": "z", "code": "MADE_UP", "reason": ""}, None) is None
+
+
+def test_a_burst_of_reads_cannot_crowd_out_or_deny_remediation():
+    """1,500 diagnostic runs in the window: history keeps only the state-changing one, and the policy input
+    stays under its bound (which would otherwise fail closed and deny every restart for an hour)."""
+    records = [_rec("execution_started", "2026-01-01T00:00:00Z", task_id="s1", action="scale_pix_worker_3",
+                    services=["pix-worker"], principal_id="wf")]
+    records += [
+        _rec("execution_started", "2026-01-01T00:00:01Z", task_id=f"d{i}", action="check_services_status",
+             services=[], principal_id="dev")
+        for i in range(1500)
+    ]
+    ledger = Ledger.from_records(records)
+    now_ns = 1767225610 * 10**9
+    assert len(ledger.history(now_ns, 3600)) == 1501
+    hist = ledger.history(now_ns, 3600, counts=lambda a: not a.startswith("check_"))
+    assert [(h["action"], h["service"]) for h in hist] == [("scale_pix_worker_3", "pix-worker")]
+
+
+def test_runner_counts_every_state_changing_action_and_no_diagnostic():
+    catalog = load_catalog(Path(__file__).resolve().parents[2] / "config" / "credentials" / "script.yaml")
+    fake = SimpleNamespace(catalog=catalog)
+    for name, action in catalog.actions.items():
+        assert Runner._counts_toward_limits(fake, name) is (action.category != "diagnostic"), name
+    assert Runner._counts_toward_limits(fake, "removed_from_catalog_since") is True
