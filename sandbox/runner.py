@@ -42,6 +42,7 @@ from sandbox._internal.runner_pipeline import (
     resolve,
     result_from_records,
 )
+from sandbox.audit import AuditSink
 from sandbox.catalog import Catalog
 from sandbox.config import RunnerConfig
 from sandbox.errors import AuditError, Error, JailError, PolicyError, ProtocolError, TaskRejected
@@ -53,10 +54,6 @@ from sandbox.protocol import ErrorCode, Task, TaskResult
 def _log() -> Any:
     """Looked up per use: a logger bound at import would ignore the level set later by logs.configure."""
     return get_logger(__name__)
-
-
-class AuditSink(Protocol):
-    def append(self, kind: str, data: Mapping[str, Any], *, durable: bool = True) -> int: ...
 
 
 class JailLike(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from sandbox import protocol
 from sandbox._internal.runner_http import ControlPlanePeer, HttpPeer
@@ -70,7 +70,7 @@ def open_runner(cfg: RunnerConfig, *, peer: ControlPlanePeer | None = None) -> I
             proxy = DockerProxy(
                 listen=cfg.proxy.socket_path, upstream=cfg.docker.upstream_socket, project=cfg.docker.project,
                 # cast: proxy.ProxyPolicy's structural type differs from policy.Decision only in mypy's eyes
-                policy=cast(Any, policy), audit=audit, cfg=cfg.proxy, socket_gid=gid,
+                policy=policy, audit=audit, cfg=cfg.proxy, socket_gid=gid,
                 decision_query=cfg.policy.proxy_decision,
             )
             proxy.start()
