@@ -69,7 +69,6 @@ def open_runner(cfg: RunnerConfig, *, peer: ControlPlanePeer | None = None) -> I
                                   f"{exc.strerror}") from exc
             proxy = DockerProxy(
                 listen=cfg.proxy.socket_path, upstream=cfg.docker.upstream_socket, project=cfg.docker.project,
-                # cast: proxy.ProxyPolicy's structural type differs from policy.Decision only in mypy's eyes
                 policy=policy, audit=audit, cfg=cfg.proxy, socket_gid=gid,
                 decision_query=cfg.policy.proxy_decision,
             )

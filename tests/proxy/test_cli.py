@@ -136,3 +136,18 @@ def test_existing_non_socket_path_is_never_replaced(docker_engine: None, proxy_e
         px.start()
     assert victim.read_text() == "keep me"
 
+
+
+def test_proxy_refuses_to_run_with_an_unsigned_audit_log(tmp_path: Path) -> None:
+    """Auditing is on unless --no-audit is said: without the audit key the proxy does not start."""
+    cfg = tmp_path / "runner.yaml"
+    cfg.write_text(f"audit:\n  dir: {tmp_path / 'audit'}\n  signing_key: {tmp_path / 'absent.pem'}\n"
+                   f"policy:\n  path: {REPO / 'policies'}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox", "-c", str(cfg), "proxy", "--listen", str(tmp_path / "s.sock"),
+         "--socket-group", ""],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "absent.pem" in r.stderr and "par keygen" in r.stderr
+    assert not (tmp_path / "s.sock").exists()

@@ -65,8 +65,8 @@ def run(ns: argparse.Namespace) -> int:
         from sandbox.keys import load_ed25519_private_key  # noqa: PLC0415
 
         acfg = dataclasses.replace(cfg.audit, dir=ns.audit_dir) if ns.audit_dir else cfg.audit
-        signer = load_ed25519_private_key(acfg.signing_key) if acfg.signing_key.exists() else None
-        audit = AuditLog.open(acfg, signer=signer)
+        # No key, no proxy: an unsigned log could be rewritten without trace (fail closed; --no-audit is explicit).
+        audit = AuditLog.open(acfg, signer=load_ed25519_private_key(acfg.signing_key))
     proxy = DockerProxy(
         listen=listen,
         upstream=upstream,
