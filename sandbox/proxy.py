@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +203,7 @@ class DockerProxy:
         cfg: ProxyConfig,
         socket_gid: int | None = None,
         decision_query: str = DECISION_QUERY,
+        decider: Executor | None = None,
     ) -> None:
         if not re.match(r"^[a-z0-9][a-z0-9_-]*$", project):
             raise ProxyError(
@@ -223,8 +224,12 @@ class DockerProxy:
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         # Decisions run on a fixed pool: the embedded engine compiles one policy copy per thread, and a
-        # copy per client connection would cost ~7 MB and a compile on every new connection.
-        self._decider = ThreadPoolExecutor(max_workers=DECISION_WORKERS, thread_name_prefix="proxy-policy")
+        # copy per client connection would cost ~7 MB and a compile on every new connection. A caller that
+        # already has a policy thread (the runner, in process) passes it as ``decider`` to share its copy.
+        self._own_decider = decider is None
+        self._decider: Executor = decider or ThreadPoolExecutor(
+            max_workers=DECISION_WORKERS, thread_name_prefix="proxy-policy"
+        )
         self._decider_closed = False
         self._decisions: OrderedDict[tuple[str, str], tuple[float, bool, tuple[str, ...], tuple[str, ...]]] = (
             OrderedDict()
@@ -244,7 +249,7 @@ class DockerProxy:
             raise ProxyError(f"upstream Docker socket {up} is not reachable: {exc.strerror}") from exc
         self._server = self._bind()
         self._stopped.clear()
-        if self._decider_closed:
+        if self._own_decider and self._decider_closed:
             self._decider = ThreadPoolExecutor(max_workers=DECISION_WORKERS, thread_name_prefix="proxy-policy")
             self._decider_closed = False
         self._warm_up()
@@ -256,7 +261,8 @@ class DockerProxy:
         """Compile the policy in every decision worker now, not on the first requests."""
         doc = {"project": self.project, "method": "HEAD", "endpoint": "ping", "path": "/_ping", "query": {}}
         futures = [
-            self._decider.submit(self.policy.decide, doc, query=self.decision_query) for _ in range(DECISION_WORKERS)
+            self._decider.submit(self.policy.decide, doc, query=self.decision_query)
+            for _ in range(DECISION_WORKERS if self._own_decider else 1)
         ]
         for f in futures:
             with contextlib.suppress(Exception):
@@ -308,8 +314,9 @@ class DockerProxy:
         if self._accept_thread is not None:
             self._accept_thread.join(timeout=5)
             self._accept_thread = None
-        self._decider.shutdown(wait=False, cancel_futures=True)
-        self._decider_closed = True
+        if self._own_decider:
+            self._decider.shutdown(wait=False, cancel_futures=True)
+            self._decider_closed = True
         log.info("proxy_stopped", listen=str(self.listen))
 
     def serve_forever(self) -> None:

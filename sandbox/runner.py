@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -91,6 +91,7 @@ class Runner:
         jail: JailLike,
         task_keys: Mapping[str, Ed25519PublicKey],
         audit_records: Callable[[], Iterable[Any]] | None = None,
+        decider: Executor | None = None,
     ) -> None:
         self.cfg = cfg
         self.audit_records = audit_records
@@ -110,7 +111,9 @@ class Runner:
         self._admission = threading.Lock()  # decide + record as one step, so rate limits see every start
         # All decisions on one long-lived thread: the embedded engine is compiled per thread (regorus engines
         # cannot cross threads), so deciding on short-lived task threads would recompile for every task.
-        self._decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix="par-policy")
+        # A caller may pass the thread (to share it with the in-process proxy: one compiled copy, not two).
+        self._own_decider = decider is None
+        self._decider: Executor = decider or ThreadPoolExecutor(max_workers=1, thread_name_prefix="par-policy")
         self._workers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._workers_lock = threading.Lock()
         self.stop_event = threading.Event()
@@ -241,7 +244,8 @@ class Runner:
         if self._closed:
             return []
         self._closed = True
-        self._decider.shutdown(wait=True)
+        if self._own_decider:
+            self._decider.shutdown(wait=True)
         self.heartbeats.close()
         self.outbox.close(publish_timeout_s)
         return self.outbox.unacknowledged()
