@@ -48,7 +48,7 @@ def test_serve_run_submit_show(install):
         shown = par(install, "tasks", "show", task_id.strip())
         assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "succeeded"
         bad = par(install, "submit", "check_service_logs", "--param", "service", "--principal", "{}")
-        assert bad.returncode == 2 and "K=V" in bad.stderr
+        assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
         missing = par(install, "tasks", "show", "task-nope")
         assert missing.returncode != 0 and "404" in missing.stderr
     finally:

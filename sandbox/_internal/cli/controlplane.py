@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import signal
 import threading
 import time
@@ -14,11 +12,9 @@ from typing import Any
 import httpx
 
 from sandbox import logs
-from sandbox._internal.cli.common import config_from, print_json
+from sandbox._internal.cli.common import config_from, json_arg, key_value_params, print_json
 from sandbox.controlplane import ADMIN_PREFIX, ControlPlane, admin_token_path
 from sandbox.errors import Error, ProtocolError
-
-INT_VALUE = re.compile(r"^-?[0-9]{1,18}$")
 
 
 class SubmitError(Error):
@@ -73,33 +69,6 @@ def serve_cmd(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _json_arg(value: str | None, what: str) -> Any:
-    if value is None:
-        return None
-    text = value
-    if value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text()
-        except OSError as exc:
-            raise SubmitError(f"--{what}: cannot read {value[1:]}: {exc.strerror}") from exc
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise SubmitError(f"--{what}: not valid JSON: {exc}") from exc
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SubmitError(f"--param {item!r}: expected K=V")
-        if key in out:
-            raise SubmitError(f"--param {key} given twice")
-        out[key] = int(value) if INT_VALUE.match(value) else value
-    return out
-
-
 class AdminClient:
     def __init__(self, ns: argparse.Namespace) -> None:
         cfg = config_from(ns)
@@ -129,9 +98,9 @@ def submit_cmd(ns: argparse.Namespace) -> int:
     client = AdminClient(ns)
     doc: dict[str, Any] = {
         "action": ns.action,
-        "parameters": _params(ns.param),
-        "principal": _json_arg(ns.principal, "principal"),
-        "trigger": _json_arg(ns.trigger, "trigger") or {"type": "manual"},
+        "parameters": key_value_params(ns.param, SubmitError),
+        "principal": json_arg(ns.principal, "--principal", SubmitError),
+        "trigger": json_arg(ns.trigger, "--trigger", SubmitError) if ns.trigger else {"type": "manual"},
     }
     if ns.timeout is not None:
         doc["timeout_s"] = ns.timeout

@@ -10,13 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandbox._internal.cli.common import catalog_from, config_from, print_json
+from sandbox._internal.cli.common import catalog_from, config_from, json_arg, key_value_params, print_json
 from sandbox._internal.policy_testing import ERROR, FAIL, PASS, TestReport, run_tests
 from sandbox.config import PolicyConfig
 from sandbox.errors import Error, PolicyError, UnknownActionError
 from sandbox.policy import build_task_input, open_engine
-
-MAX_ARG_FILE_BYTES = 1024 * 1024
 
 # opa test's exit codes.
 EXIT_OK, EXIT_LOAD_ERROR, EXIT_FAILED = 0, 1, 2
@@ -143,16 +141,16 @@ def run_check(ns: argparse.Namespace) -> int:
 def _check(ns: argparse.Namespace) -> int:
     cfg = config_from(ns)
     catalog = catalog_from(cfg)
-    principal = _json_arg(ns.principal, "--principal")
-    trigger = _json_arg(ns.trigger, "--trigger") if ns.trigger else None
-    history = _json_arg(ns.history, "--history") if ns.history else []
+    principal = json_arg(ns.principal, "--principal", PolicyError)
+    trigger = json_arg(ns.trigger, "--trigger", PolicyError) if ns.trigger else None
+    history = json_arg(ns.history, "--history", PolicyError) if ns.history else []
     if not isinstance(history, list):
         raise PolicyError("--history must be a JSON list of history entries (see docs/policy-input.md)")
     try:
         action = catalog.get(ns.action)
     except UnknownActionError:
         action = None  # the policy decides (and denies) unknown actions, and says so
-    raw_params = _params(ns.param)
+    raw_params = key_value_params(ns.param, PolicyError)
     params = catalog.validate_parameters(ns.action, raw_params) if action is not None else raw_params
     now = datetime.now(UTC)
     doc = build_task_input(
@@ -190,35 +188,3 @@ def _check(ns: argparse.Namespace) -> int:
 def _no_watch(policy: PolicyConfig) -> PolicyConfig:
     return dataclasses.replace(policy, watch=False)
 
-
-def _json_arg(value: str, flag: str) -> Any:
-    """A JSON document given inline or as @file."""
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            if path.stat().st_size > MAX_ARG_FILE_BYTES:
-                raise PolicyError(f"{flag}: {path} is larger than {MAX_ARG_FILE_BYTES} bytes")
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"{flag}: cannot read {path}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise PolicyError(f"{flag}: {path} is not UTF-8") from exc
-    else:
-        text = value
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise PolicyError(f"{flag}: not valid JSON: {exc}", hint="Pass inline JSON or @path/to/file.json.") from exc
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PolicyError(f"--param {item!r}: expected KEY=VALUE")
-        if key in params:
-            raise PolicyError(f"--param {key} given twice")
-        # Integers are passed as integers so integer schema parameters validate.
-        params[key] = int(value) if value.lstrip("-").isdigit() and len(value) < 19 else value
-    return params
