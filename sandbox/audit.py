@@ -52,9 +52,9 @@ from sandbox._internal.audit_segments import (
     iter_lines,
     list_segments,
     resolve_paths,
-    write_file_atomic,
 )
 from sandbox._internal.audit_writer import SegmentWriter
+from sandbox._internal.durable import write_file_atomic
 from sandbox.config import AuditConfig
 from sandbox.errors import AuditError, AuditVerificationError
 from sandbox.logs import get_logger

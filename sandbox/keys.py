@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sandbox._internal.durable import fsync_dir
 from sandbox.errors import KeyFileError
 
 KeyKind = Literal["runner", "audit", "controlplane"]
@@ -101,15 +102,7 @@ def write_key_file(path: Path, data: bytes, *, mode: int, force: bool = False) -
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def save_key_pair(key: PrivateKey, private_path: Path, public_file: Path | None = None, *, force: bool = False) -> Path:

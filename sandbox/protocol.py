@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jsonschema.validators import Draft202012Validator
 
+from sandbox._internal import strictjson
 from sandbox.errors import TaskRejected
 
 API_PREFIX = "/api/v2/on-prem-management-service"
@@ -246,7 +247,7 @@ def parse_delivery(body: bytes, *, max_task_bytes: int) -> Delivery:
     if len(body) > limit:
         raise TaskRejected(ErrorCode.INVALID_TASK, f"dequeued message is {len(body)} bytes, over {limit}")
     try:
-        doc = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = strictjson.loads(body)
     except (ValueError, RecursionError) as exc:
         raise TaskRejected(ErrorCode.INVALID_TASK, f"dequeued message is not JSON: {str(exc)[:120]}") from exc
     task_id = doc.get("task_id") if isinstance(doc, dict) else None
@@ -289,7 +290,7 @@ def verify_task(
         raise TaskRejected(ErrorCode.SIGNATURE_ERROR, f"hash_type {env['hash_type'][:20]!r} is not {HASH_TYPE}")
     signed_by = verify_signatures(data, env["signatures"], keys)
     try:
-        payload = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        payload = strictjson.loads(data)
     except (ValueError, RecursionError) as exc:
         raise TaskRejected(ErrorCode.INVALID_TASK, "signed task data is not JSON") from exc
     errors = list(_TASK_V.iter_errors(payload))
@@ -359,19 +360,6 @@ def _shape_error(err: Any, what: str) -> TaskRejected:
     where = "/".join(str(p) for p in err.absolute_path) or "(top)"
     msg = err.message if len(err.message) <= 160 else err.message[:160] + "..."
     return TaskRejected(ErrorCode.INVALID_TASK, f"{what} {where}: {msg}")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k[:40]!r}")
-        out[k] = v
-    return out
 
 
 def task_payload(

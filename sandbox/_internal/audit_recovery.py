@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox._internal.audit_chain import ChainFailure, WalkState, walk
-from sandbox._internal.audit_segments import fsync_dir, iter_lines, list_segments
+from sandbox._internal.audit_segments import iter_lines, list_segments
+from sandbox._internal.durable import fsync_dir
 from sandbox.errors import AuditVerificationError
 
 

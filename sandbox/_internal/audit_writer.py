@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sandbox._internal.audit_segments import fsync_dir, segment_name
+from sandbox._internal.audit_segments import segment_name
+from sandbox._internal.durable import fsync_dir
 
 
 class SegmentWriter:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox._internal import strictjson
 from sandbox._internal.yamlsafe import load_yaml_text
 from sandbox.errors import ConfigError, PolicyError
 
@@ -155,8 +156,8 @@ def _read(path: Path) -> bytes:
 def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:
     if path.name == "data.json":
         try:
-            doc = json.loads(raw, object_pairs_hook=_no_duplicates)
-        except (ValueError, _DuplicateKey) as exc:
+            doc = strictjson.loads(raw)
+        except ValueError as exc:
             raise PolicyError(f"{path}: invalid JSON: {exc}") from exc
     else:
         try:
@@ -173,19 +174,6 @@ def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{path}: data must be plain JSON values: {exc}") from exc
     return doc
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _merge(
