@@ -59,7 +59,7 @@ def main() -> None:
     cost = per_call_us(report, args.n)
     drain()
     dropped = metrics.client().dropped
-    rows = [("structlog JSON line (baseline)", base, 1.0), ("metrics.task_finished (2 datagrams)", cost, cost / base)]
+    rows = [("JSON log line (baseline)", base, 1.0), ("metrics.task_finished (2 datagrams)", cost, cost / base)]
     print(f"{'operation':<40} {'us/call':>9} {'ratio':>7}")
     for name, us, ratio in rows:
         print(f"{name:<40} {us:>9.2f} {ratio:>6.2f}x")

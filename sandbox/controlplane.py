@@ -35,10 +35,7 @@ from sandbox.errors import ConfigError, ProtocolError, TaskRejected
 from sandbox.keys import load_ed25519_private_key, load_runner_public_key
 from sandbox.logs import get_logger
 
-
-def _log() -> Any:
-    """Looked up per use: a logger bound at import would ignore the level set later by logs.configure."""
-    return get_logger(__name__)
+log = get_logger(__name__)
 ADMIN_PREFIX = "/admin/v1/tasks"
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -133,7 +130,7 @@ class ControlPlane:
         )
         body = self.delivery_body(task_id, payload)
         self.store.add_task(task_id, runner_id, sub.action, payload, body)
-        _log().info("task submitted", task_id=task_id, action=sub.action, runner_id=runner_id)
+        log.info("task submitted", task_id=task_id, action=sub.action, runner_id=runner_id)
         return task_id
 
     def delivery_body(self, task_id: str, payload: Mapping[str, Any]) -> bytes:
@@ -189,8 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: requests are logged through structlog at debug level instead."""
-        _log().debug("http", line=format % args)
+        """Quiet: requests are logged through sandbox.logs at debug level instead."""
+        log.debug("http", line=format % args)
 
     # --- plumbing ---
     def _send(self, status: int, doc: Any | None = None) -> None:
@@ -272,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             if doc["runner_id"] != claims.runner_id:
                 raise _HttpError(403, "runner_id in the update differs from the JWT's")
             status = plane.store.record_update(doc["task_id"], doc)
-            _log().info("task update", task_id=doc["task_id"], success=doc["success"], status=status)
+            log.info("task update", task_id=doc["task_id"], success=doc["success"], status=status)
             self._send(200, {"status": status})
         elif method == "POST" and path == ADMIN_PREFIX:
             self._admin()

@@ -35,10 +35,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import jwt
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jsonschema.validators import Draft202012Validator
 
 from sandbox._internal import strictjson
@@ -398,11 +400,26 @@ def task_payload(
 # --- JWTs ----------------------------------------------------------------------------------------------
 
 
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+_JWT_HEADER_B64 = _b64url(json.dumps({"alg": JWT_ALGORITHM, "typ": "JWT"}, separators=(",", ":")).encode())
+
+
 def make_jwt(key: EllipticCurvePrivateKey, *, org_id: str, runner_id: str, now: float | None = None) -> str:
+    """An ES256 JWT (RFC 7515 compact form) signed with cryptography's ECDSA directly.
+
+    The runner only ever *creates* tokens, and PyJWT costs ~5 MB resident (it imports every algorithm
+    and an HTTP client for JWKS), a twelfth of the runner's idle budget. Verification, where a library
+    matters, stays on PyJWT in :func:`verify_jwt`; the tests verify every token made here with it.
+    """
     now = time.time() if now is None else now
     iat = int(now)
     claims = {"orgId": org_id, "runnerId": runner_id, "iat": iat, "exp": iat + JWT_LIFETIME_S}
-    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
+    signing_input = f"{_JWT_HEADER_B64}.{_b64url(json.dumps(claims, separators=(',', ':')).encode())}"
+    r, s = decode_dss_signature(key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256())))
+    return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
 @dataclass(frozen=True)
@@ -413,6 +430,8 @@ class RunnerClaims:
 
 def verify_jwt(token: str, enrolled: Mapping[str, EllipticCurvePublicKey], *, org_id: str) -> RunnerClaims:
     """Check a runner JWT against the key enrolled for the runner it names (control plane side)."""
+    import jwt  # noqa: PLC0415 - control-plane side only; the runner does not carry PyJWT (see make_jwt)
+
     if len(token) > 2048:
         raise TaskRejected(ErrorCode.SIGNATURE_ERROR, "JWT too long")
     try:

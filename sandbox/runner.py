@@ -50,10 +50,7 @@ from sandbox.logs import get_logger
 from sandbox.policy import PolicyEngine, build_task_input
 from sandbox.protocol import ErrorCode, Task, TaskResult
 
-
-def _log() -> Any:
-    """Looked up per use: a logger bound at import would ignore the level set later by logs.configure."""
-    return get_logger(__name__)
+log = get_logger(__name__)
 
 
 class JailLike(Protocol):
@@ -137,7 +134,7 @@ class Runner:
                 "interrupted: the runner stopped while the action ran; it was not re-run",
                 outputs={"auditSeq": seq},
             ))
-            _log().warning("interrupted execution reported", task_id=ex.task_id, action=ex.action)
+            log.warning("interrupted execution reported", task_id=ex.task_id, action=ex.action)
             reported.append(ex.task_id)
         return reported
 
@@ -158,7 +155,7 @@ class Runner:
                 if result is not None:
                     self.outbox.put(result)
                     count += 1
-        _log().warning("re-sending results the previous run may not have delivered", count=count,
+        log.warning("re-sending results the previous run may not have delivered", count=count,
                        previous_run_clean=self.ledger.previous_clean)
 
     def run(self) -> None:
@@ -168,9 +165,9 @@ class Runner:
         breaker = CircuitBreaker(cp.circuit_breaker_failures, cp.circuit_breaker_open_s)
         try:
             self.peer.health_check()
-            _log().info("control plane healthy", url=cp.url)
+            log.info("control plane healthy", url=cp.url)
         except ProtocolError as exc:
-            _log().warning("health check failed; polling anyway with backoff", error=exc.message)
+            log.warning("health check failed; polling anyway with backoff", error=exc.message)
         while not self.stop_event.is_set():
             wait = breaker.wait_s()
             if wait > 0:
@@ -185,7 +182,7 @@ class Runner:
                 self.stats.poll_errors += 1
                 opened = breaker.failure()
                 delay = backoff.next_delay()
-                _log().warning("dequeue failed", error=exc.message, retry_in_s=round(delay, 2),
+                log.warning("dequeue failed", error=exc.message, retry_in_s=round(delay, 2),
                             breaker="opened" if opened else breaker.state)
                 self.stop_event.wait(delay)
                 continue
@@ -231,7 +228,7 @@ class Runner:
             if not workers:
                 break
             if time.monotonic() >= deadline:
-                _log().warning("drain timeout: killing running actions", count=len(workers))
+                log.warning("drain timeout: killing running actions", count=len(workers))
                 for _, cancel in workers:
                     cancel.set()
                 for thread, _ in workers:
@@ -275,12 +272,12 @@ class Runner:
         except TaskRejected as exc:
             result = self._refuse(task_id, ErrorCode(exc.code), exc.message)
         except AuditError as exc:
-            _log().error("audit log unavailable: nothing executed", task_id=task_id, error=exc.message)
+            log.error("audit log unavailable: nothing executed", task_id=task_id, error=exc.message)
             result = protocol.failure_result(
                 task_id or "unknown", rid, ErrorCode.INTERNAL_ERROR, f"audit log unavailable: {exc.message}"
             )
-        except Exception as exc:  # noqa: BLE001 - a bug must still answer the task, and never kill the loop
-            _log().exception("internal error in the task pipeline", task_id=task_id)
+        except Exception as exc:  # a bug must still answer the task, and never kill the loop
+            log.exception("internal error in the task pipeline", task_id=task_id)
             result = protocol.failure_result(
                 task_id or "unknown", rid, ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
             )
@@ -291,7 +288,7 @@ class Runner:
     def _refuse(self, task_id: str | None, code: ErrorCode, reason: str) -> TaskResult:
         self.stats.refused += 1
         data: dict[str, Any] = {"task_id": task_id, "code": code.value, "reason": reason}
-        _log().warning("task refused", task_id=task_id, code=code.value, reason=reason)
+        log.warning("task refused", task_id=task_id, code=code.value, reason=reason)
         metrics.task_rejected(code.value)
         try:
             self.audit.append("task_rejected", data)
@@ -340,7 +337,7 @@ class Runner:
                 self.stats.refused += 1
                 metrics.task_rejected(code.value, action=action.name)
                 reason = "; ".join(reasons) or "denied by policy"
-                _log().warning("task denied by policy", task_id=task.id, action=action.name, code=code.value,
+                log.warning("task denied by policy", task_id=task.id, action=action.name, code=code.value,
                             reasons=list(reasons))
                 return protocol.failure_result(task.id, rid, code, reason)
             timeout_s = effective_timeout(action.timeout_s, limits, task.timeout_s, self.cfg.jail.default_timeout_s)
@@ -357,7 +354,7 @@ class Runner:
         action = resolved.action
         env = {k: os.environ[k] for k in action.allowed_env_vars if k in os.environ}
         self.heartbeats.add(task.id, timeout_s)
-        _log().info("executing", task_id=task.id, action=action.name, timeout_s=timeout_s)
+        log.info("executing", task_id=task.id, action=action.name, timeout_s=timeout_s)
         t0 = time.perf_counter()
         try:
             res = self.jail.run(resolved.argv, timeout_s=timeout_s, output_limit=self.cfg.jail.output_limit_bytes,
@@ -384,7 +381,7 @@ class Runner:
             resolved.argv, res.exit_code, res.stdout, res.stderr,
             duration_ms=res.duration_ms, truncated=res.truncated, audit_seq=seq,
         )
-        _log().info("executed", task_id=task.id, action=action.name, outcome=out.outcome, exit_code=res.exit_code,
+        log.info("executed", task_id=task.id, action=action.name, outcome=out.outcome, exit_code=res.exit_code,
                  duration_ms=round(res.duration_ms, 1))
         if out.success:
             return protocol.TaskResult(task_id=task.id, runner_id=rid, success=True, outputs=outputs)

@@ -18,10 +18,7 @@ from sandbox.errors import ProtocolError
 from sandbox.logs import get_logger
 from sandbox.protocol import TaskResult
 
-
-def _log() -> Any:
-    """Looked up per use: a logger bound at import would ignore the level set later by logs.configure."""
-    return get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Outbox:
@@ -77,13 +74,13 @@ class Outbox:
             try:
                 self._peer.publish(result)
             except PermanentPublishError as exc:
-                _log().error("result refused by the control plane", task_id=result.task_id, error=exc.message)
+                log.error("result refused by the control plane", task_id=result.task_id, error=exc.message)
                 with self._lock:
                     self._unacked.pop(result.task_id, None)  # retrying a malformed update cannot help
                 return
             except ProtocolError as exc:
                 delay = self._backoff.next_delay()
-                _log().warning("publish failed, retrying", task_id=result.task_id, error=exc.message,
+                log.warning("publish failed, retrying", task_id=result.task_id, error=exc.message,
                             retry_in_s=round(delay, 2))
                 self._stop.wait(delay)
                 continue
@@ -95,10 +92,10 @@ class Outbox:
                     self._unacked.pop(result.task_id, None)
                 else:
                     self._unacked[result.task_id] = left
-            _log().info("result published", task_id=result.task_id, success=result.success,
+            log.info("result published", task_id=result.task_id, success=result.success,
                      error_code=result.error_code)
             return
-        _log().error("result not published before shutdown", task_id=result.task_id)
+        log.error("result not published before shutdown", task_id=result.task_id)
 
 
 class Heartbeats:
@@ -136,7 +133,7 @@ class Heartbeats:
                     self._peer.heartbeat(tid)
                     self.sent += 1
                 except ProtocolError as exc:
-                    _log().warning("heartbeat failed", task_id=tid, error=exc.message)
+                    log.warning("heartbeat failed", task_id=tid, error=exc.message)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

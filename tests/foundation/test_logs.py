@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 from sandbox import __version__, logs
 from sandbox.config import LoggingConfig
@@ -43,3 +44,51 @@ def test_module_level_logger_follows_a_later_configure() -> None:
     early.warning("kept")
     (line,) = out.getvalue().splitlines()
     assert json.loads(line)["message"] == "kept"
+
+
+def test_exception_carries_datadog_error_attributes() -> None:
+    out = io.StringIO()
+    logs.configure(LoggingConfig(format="json"), stream=out)
+    try:
+        raise ValueError("bad policy input")
+    except ValueError:
+        logs.get_logger("sandbox.runner").exception("internal error", task_id="t9")
+    doc = json.loads(out.getvalue())
+    assert doc["status"] == "error" and doc["task_id"] == "t9"
+    assert doc["error.kind"] == "ValueError" and doc["error.message"] == "bad policy input"
+    assert "Traceback" in doc["error.stack"] and "raise ValueError" in doc["error.stack"]
+
+
+def test_values_json_cannot_encode_are_logged_not_fatal() -> None:
+    out = io.StringIO()
+    logs.configure(LoggingConfig(format="json"), stream=out)
+    logs.get_logger("x").info("odd value", path=object(), raw=b"\xff", nan=float("nan"))
+    doc = json.loads(out.getvalue())
+    assert doc["path"].startswith("<object object") and doc["raw"] == "b'\\xff'"
+
+
+def test_a_broken_stdout_never_raises() -> None:
+    """A closed pipe on stdout must not turn a log call into a crash of the runner."""
+    out = io.StringIO()
+    logs.configure(LoggingConfig(format="json"), stream=out)
+    out.close()
+    logs.get_logger("x").error("still running")  # would raise ValueError on a closed stream
+
+
+def test_log_lines_from_many_threads_never_interleave() -> None:
+    out = io.StringIO()
+    logs.configure(LoggingConfig(format="json"), stream=out)
+    log = logs.get_logger("x")
+
+    def burst(n: int) -> None:
+        for i in range(200):
+            log.info("line", thread=n, i=i, pad="p" * 300)
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1600
+    assert all(json.loads(line)["message"] == "line" for line in lines)

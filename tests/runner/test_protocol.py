@@ -166,6 +166,23 @@ def test_jwt_round_trip_and_attacks():
         protocol.verify_jwt(long_lived, enrolled, org_id="dogbank")
 
 
+def test_runner_jwt_is_a_standard_es256_token():
+    """make_jwt signs without PyJWT; PyJWT (and the raw JWS rules) must accept exactly what it makes."""
+    runner_key = ec.generate_private_key(ec.SECP256R1())
+    token = protocol.make_jwt(runner_key, org_id="dogbank", runner_id="r1", now=1_800_000_000)
+    header_b64, payload_b64, sig_b64 = token.split(".")
+    assert "=" not in token and "+" not in token and "/" not in token  # base64url without padding
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "typ": "JWT"}
+    assert len(base64.urlsafe_b64decode(sig_b64 + "==")) == 64  # raw r||s, not DER (RFC 7518 3.4)
+    claims = jwt.decode(token, runner_key.public_key(), algorithms=["ES256"],
+                        options={"verify_exp": False, "verify_iat": False})
+    assert claims == {"orgId": "dogbank", "runnerId": "r1", "iat": 1_800_000_000, "exp": 1_800_000_060}
+    # one flipped bit in the payload and PyJWT refuses it
+    tampered = f"{header_b64}.{payload_b64[:-2]}{'A' if payload_b64[-2] != 'A' else 'B'}{payload_b64[-1]}.{sig_b64}"
+    with pytest.raises(jwt.PyJWTError):
+        jwt.decode(tampered, runner_key.public_key(), algorithms=["ES256"], options={"verify_exp": False})
+
+
 def test_result_payloads():
     ok = protocol.success_result("task-1", "r1", argv=["docker", "ps"], exit_code=0, stdout=b"hi", stderr=b"",
                                  duration_ms=12.5, truncated={"stdout": 0, "stderr": 3}, audit_seq=7).to_dict()

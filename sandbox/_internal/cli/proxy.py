@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import grp
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sandbox._internal import memory
 from sandbox._internal.cli.common import config_from
 from sandbox.config import ProxyConfig
 from sandbox.errors import ProxyError
@@ -58,7 +60,11 @@ def run(ns: argparse.Namespace) -> int:
     upstream = ns.upstream or cfg.docker.upstream_socket
     project = ns.project or cfg.docker.project
     gid = socket_gid(pcfg.socket_group if ns.socket_group is None else ns.socket_group)
-    engine = open_engine(cfg.policy)
+    memory.limit_malloc_arenas()  # before any thread starts: one thread per connection (see _internal/memory.py)
+    # The proxy's one policy thread opens the engine, so the compiled copy made at load is the one that
+    # decides (a copy per thread costs ~8 MB resident).
+    decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-policy")
+    engine = decider.submit(open_engine, cfg.policy).result()
     audit: Any = None
     if not ns.no_audit:
         from sandbox.audit import AuditLog  # noqa: PLC0415
@@ -76,6 +82,7 @@ def run(ns: argparse.Namespace) -> int:
         cfg=pcfg,
         socket_gid=gid,
         decision_query=cfg.policy.proxy_decision,
+        decider=decider,
     )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -84,9 +91,11 @@ def run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     install_sighup_reload(engine)  # operators upgrade the proxy's Rego rules without a restart
+    memory.release_free_memory()
     try:
         proxy.serve_forever()
     finally:
+        decider.shutdown(wait=True)
         engine.close()
         if audit is not None:
             audit.close()

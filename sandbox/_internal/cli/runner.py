@@ -7,16 +7,14 @@ import signal
 from typing import Any
 
 from sandbox import logs
+from sandbox._internal import memory
 from sandbox._internal.cli.common import config_from
 from sandbox.jail import protect_runner_process
 from sandbox.logs import get_logger
 from sandbox.policy import install_sighup_reload
 from sandbox.runner import run_until_stopped
 
-
-def _log() -> Any:
-    """Looked up per use: a logger bound at import would ignore the level set later by logs.configure."""
-    return get_logger(__name__)
+log = get_logger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -30,10 +28,12 @@ def run(ns: argparse.Namespace) -> int:
     cfg = config_from(ns)
     logs.configure(cfg.logging)
     protect_runner_process()
+    memory.limit_malloc_arenas()  # before any thread starts (see sandbox/_internal/memory.py)
     with open_runner(cfg) as runner:
+        memory.release_free_memory()
 
         def stop(signum: int, _frame: Any) -> None:
-            _log().info("signal received: draining", signal=signal.Signals(signum).name)
+            log.info("signal received: draining", signal=signal.Signals(signum).name)
             runner.stop_event.set()
 
         signal.signal(signal.SIGTERM, stop)
