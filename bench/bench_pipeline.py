@@ -138,7 +138,7 @@ def main() -> int:
         # --- the pipeline, in-process runner with a timing peer ---
         peer = TimingPeer(HttpPeer(cfg.control_plane.url, key=load_runner_key(cfg.runner.private_key),
                                    org_id=cfg.runner.org_id, runner_id=cfg.runner.runner_id, timeout_s=10,
-                                   max_body_bytes=protocol.max_body_bytes(cfg.runner.max_task_bytes)))
+                                   max_body_bytes=protocol.read_cap_bytes(cfg.runner.max_task_bytes)))
         def start_runner() -> tuple[threading.Thread, dict[str, Any]]:
             box: dict[str, Any] = {}
             ready = threading.Event()

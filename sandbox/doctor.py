@@ -267,7 +267,7 @@ def check_docker_project(ctx: Context) -> str:
 def check_control_plane(ctx: Context) -> str:
     from sandbox._internal.runner_http import HttpPeer  # noqa: PLC0415
     from sandbox.keys import load_runner_key  # noqa: PLC0415
-    from sandbox.protocol import max_body_bytes  # noqa: PLC0415
+    from sandbox.protocol import read_cap_bytes  # noqa: PLC0415
 
     cfg = ctx.config()
     try:
@@ -281,7 +281,7 @@ def check_control_plane(ctx: Context) -> str:
             org_id=cfg.runner.org_id,
             runner_id=cfg.runner.runner_id,
             timeout_s=min(cfg.control_plane.request_timeout_s, ctx.timeout_s),
-            max_body_bytes=max_body_bytes(cfg.runner.max_task_bytes),
+            max_body_bytes=read_cap_bytes(cfg.runner.max_task_bytes),
         )
     except Error as exc:
         raise CheckFailed(exc.message, exc.hint) from None

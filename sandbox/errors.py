@@ -95,6 +95,7 @@ class ProtocolError(Error):
 class TaskRejected(Error):
     """A task was refused before execution; ``code`` is the error code reported to the control plane."""
 
-    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, hint: str | None = None, task_id: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
+        self.task_id = task_id  # the id the message claims, when it is known before verification

@@ -61,6 +61,8 @@ MAX_SIGNATURES = 8
 #: The HTTP body of a dequeue answer may exceed the task size (base64 is 4/3 of it, plus the wrapper);
 #: anything beyond this is refused before it is parsed at all.
 BODY_OVERHEAD_BYTES = 4096
+#: An oversized dequeue answer up to this size is still read, only to find the id to report it under.
+REPORTABLE_BODY_BYTES = 1024 * 1024
 
 
 class ErrorCode(StrEnum):
@@ -247,7 +249,8 @@ def parse_delivery(body: bytes, *, max_task_bytes: int) -> Delivery:
     """Parse a dequeue answer just enough to know which task it is; nothing in it is trusted yet."""
     limit = max_body_bytes(max_task_bytes)
     if len(body) > limit:
-        raise TaskRejected(ErrorCode.INVALID_TASK, f"dequeued message is {len(body)} bytes, over {limit}")
+        raise TaskRejected(ErrorCode.INVALID_TASK, f"dequeued message is {len(body)} bytes, over {limit}",
+                           task_id=_claimed_task_id(body))
     try:
         doc = strictjson.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -263,6 +266,27 @@ def parse_delivery(body: bytes, *, max_task_bytes: int) -> Delivery:
 
 def max_body_bytes(max_task_bytes: int) -> int:
     return (max_task_bytes * 4) // 3 + 4 + BODY_OVERHEAD_BYTES
+
+
+def read_cap_bytes(max_task_bytes: int) -> int:
+    """How much of a dequeue answer the runner reads: enough to report an oversized task by its id."""
+    return max(max_body_bytes(max_task_bytes), REPORTABLE_BODY_BYTES)
+
+
+def _claimed_task_id(body: bytes) -> str | None:
+    """The ``task_id`` an oversized message claims, so its refusal can be reported; None if unreadable.
+
+    Only the id is looked at (the same unverified id every pre-signature refusal is reported under);
+    past :data:`REPORTABLE_BODY_BYTES` the transport stopped reading and there is nothing to parse.
+    """
+    if len(body) > REPORTABLE_BODY_BYTES:
+        return None
+    try:
+        doc = strictjson.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    task_id = doc.get("task_id") if isinstance(doc, dict) else None
+    return task_id if isinstance(task_id, str) and _ID_RE.match(task_id) else None
 
 
 def verify_task(

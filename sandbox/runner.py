@@ -270,7 +270,7 @@ class Runner:
             resolved = resolve(self.catalog, task, self.runner_vars)
             result = self._admit_and_execute(task, resolved, cancel)
         except TaskRejected as exc:
-            result = self._refuse(task_id, ErrorCode(exc.code), exc.message)
+            result = self._refuse(task_id or exc.task_id, ErrorCode(exc.code), exc.message)
         except AuditError as exc:
             log.error("audit log unavailable: nothing executed", task_id=task_id, error=exc.message)
             result = protocol.failure_result(

@@ -83,7 +83,7 @@ def open_runner(cfg: RunnerConfig, *, peer: ControlPlanePeer | None = None) -> I
             peer = HttpPeer(
                 cfg.control_plane.url, key=runner_key, org_id=cfg.runner.org_id, runner_id=cfg.runner.runner_id,
                 timeout_s=cfg.control_plane.request_timeout_s,
-                max_body_bytes=protocol.max_body_bytes(cfg.runner.max_task_bytes),
+                max_body_bytes=protocol.read_cap_bytes(cfg.runner.max_task_bytes),
             )
         stack.callback(peer.close)
         runner = Runner(cfg, peer=peer, audit=audit, ledger=ledger, policy=policy, catalog=catalog, jail=jail,

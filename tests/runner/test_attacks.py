@@ -150,6 +150,16 @@ def test_oversized_task(h, before):
     refused(h, "atk-oversized", "INVALID_TASK", before)
 
 
+def test_message_over_the_transport_cap_is_reported_by_its_id(h, before):
+    """Beyond 4/3 of max_task_bytes the message is not parsed as a task, but its refusal still reaches the plane."""
+    def pad(message):
+        message["envelope"]["data"] += "A" * (2 * h.cfg.runner.max_task_bytes)
+
+    deliver(h, "atk-huge", mutate=pad)
+    result = refused(h, "atk-huge", "INVALID_TASK", before)
+    assert "bytes, over" in result["error"]["message"]
+
+
 def test_unknown_field(h, before):
     deliver(h, "atk-field", payload(h, "atk-field", command=["sh", "-c", "id"]))
     refused(h, "atk-field", "INVALID_TASK", before)

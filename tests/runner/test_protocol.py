@@ -124,6 +124,22 @@ def test_oversized_task_is_refused_before_parsing_the_payload():
     assert code_of(huge) == ErrorCode.INVALID_TASK
 
 
+def test_oversized_message_keeps_its_claimed_id_for_the_report_up_to_the_read_cap():
+    over = json.dumps({"task_id": "task-9", "envelope": {"data": "A" * 200_000}}).encode()
+    with pytest.raises(TaskRejected) as info:
+        protocol.parse_delivery(over, max_task_bytes=65536)
+    assert info.value.code == ErrorCode.INVALID_TASK and info.value.task_id == "task-9"
+    beyond = json.dumps({"task_id": "task-9", "envelope": {"data": "A" * protocol.REPORTABLE_BODY_BYTES}}).encode()
+    with pytest.raises(TaskRejected) as info:
+        protocol.parse_delivery(beyond, max_task_bytes=65536)
+    assert info.value.task_id is None  # the transport stopped reading: nothing to report it under
+    forged_id = json.dumps({"task_id": "../x y", "envelope": {"data": "A" * 200_000}}).encode()
+    with pytest.raises(TaskRejected) as info:
+        protocol.parse_delivery(forged_id, max_task_bytes=65536)
+    assert info.value.task_id is None  # an id outside the id grammar is never echoed
+    assert protocol.read_cap_bytes(65536) == protocol.REPORTABLE_BODY_BYTES
+
+
 def test_outer_id_must_match_the_signed_id():
     assert code_of(body(task_id="task-2")) == ErrorCode.INVALID_TASK
 
