@@ -1,4 +1,5 @@
-"""Policy decision throughput and latency: embedded regorus vs the OPA Data API backend, same run.
+"""Policy decision throughput and latency: embedded regorus (compiled, the default, and the
+interpreter) vs the OPA Data API backend, same run.
 
     python bench/bench_policy.py [--seconds 5] [--opa-decisions 500]
 
@@ -186,27 +187,29 @@ def main() -> int:
     cases = workload()
     docs = [doc for _, doc in cases]
 
-    embedded = open_engine(PolicyConfig(path=POLICIES, watch=False))
-    emb = measure(embedded, docs, seconds=args.seconds, max_decisions=10**9)
-    emb_cases = per_case(embedded, cases, 500)
-    compiled_engine = open_engine(PolicyConfig(path=POLICIES, watch=False, embedded_mode="compiled"))
-    for doc in docs:  # the two modes must agree on this workload, or the numbers compare nothing
-        if compiled_engine.decide(doc) != embedded.decide(doc):
+    # The default mode (compiled, RVM) first, then the interpreter, then the interpreter on the
+    # reference_v1 policies; every engine must decide the workload identically or nothing is compared.
+    compiled_engine = open_engine(PolicyConfig(path=POLICIES, watch=False))
+    interpreter = open_engine(PolicyConfig(path=POLICIES, watch=False, embedded_mode="interpreter"))
+    for doc in docs:
+        if compiled_engine.decide(doc) != interpreter.decide(doc):
             raise SystemExit(f"compiled and interpreter decisions differ for {doc['action']}")
+    comp = measure(compiled_engine, docs, seconds=args.seconds, max_decisions=10**9)
+    comp_cases = per_case(compiled_engine, cases, 500)
+    compiled_engine.close()
+    emb = measure(interpreter, docs, seconds=args.seconds, max_decisions=10**9)
+    emb_cases = per_case(interpreter, cases, 500)
     with tempfile.TemporaryDirectory() as tmp:
         ref_root = par_bundle(Path(tmp) / "p", reference=True, data=json.loads((POLICIES / "data.json").read_text()))
-        reference_engine = open_engine(PolicyConfig(path=ref_root, watch=False))
+        reference_engine = open_engine(PolicyConfig(path=ref_root, watch=False, embedded_mode="interpreter"))
         for doc in docs:  # same decisions, or the comparison is meaningless
-            a, b = reference_engine.decide(doc), embedded.decide(doc)
+            a, b = reference_engine.decide(doc), interpreter.decide(doc)
             if (a.allow, a.reasons, a.rule_ids) != (b.allow, b.reasons, b.rule_ids):
                 raise SystemExit(f"reference_v1 and shipped policies decide differently for {doc['action']}")
         ref = measure(reference_engine, docs, seconds=args.seconds, max_decisions=10**9)
         ref_cases = per_case(reference_engine, cases, 500)
         reference_engine.close()
-    embedded.close()
-    comp = measure(compiled_engine, docs, seconds=args.seconds, max_decisions=10**9)
-    comp_cases = per_case(compiled_engine, cases, 500)
-    compiled_engine.close()
+    interpreter.close()
 
     started = opa_binary_server()
     if started is not None:
@@ -238,12 +241,13 @@ def main() -> int:
         },
         "workload": [name for name, _ in cases],
         "load_average": os.getloadavg(),
+        "default_mode": "compiled",
+        "embedded_compiled": comp,
+        "embedded_compiled_per_case_us": comp_cases,
         "embedded": emb,
         "embedded_per_case_us": emb_cases,
         "embedded_reference_v1_policies": ref,
         "embedded_reference_v1_per_case_us": ref_cases,
-        "embedded_compiled": comp,
-        "embedded_compiled_per_case_us": comp_cases,
         "opa_data_api": opa,
         "opa_baseline": baseline,
         "ratios": {
@@ -256,13 +260,13 @@ def main() -> int:
         },
         "goal": goal,
         "goal_met": {
-            "interpreter": {
-                "decisions_per_s": emb["decisions_per_cpu_s"] >= goal["decisions_per_s"],
-                "p99_us": emb["p99_us"] <= goal["p99_us"],
-            },
             "compiled": {
                 "decisions_per_s": comp["decisions_per_cpu_s"] >= goal["decisions_per_s"],
                 "p99_us": comp["p99_us"] <= goal["p99_us"],
+            },
+            "interpreter": {
+                "decisions_per_s": emb["decisions_per_cpu_s"] >= goal["decisions_per_s"],
+                "p99_us": emb["p99_us"] <= goal["p99_us"],
             },
         },
     }
@@ -271,26 +275,26 @@ def main() -> int:
 
     print(f"policy decisions, shipped policy set, one core ({platform.machine()}, Python {platform.python_version()})")
     print(f"OPA baseline: {baseline}; load average {os.getloadavg()[0]:.1f}\n")
-    print(f"{'backend':<26}{'decisions/s':>12}{'per CPU-s':>11}{'p50 us':>9}{'p99 us':>9}{'mean us':>9}")
+    print(f"{'backend':<29}{'decisions/s':>12}{'per CPU-s':>11}{'p50 us':>9}{'p99 us':>9}{'mean us':>9}")
     rows = (
-        ("embedded (interpreter)", emb),
+        ("embedded compiled (default)", comp),
+        ("embedded interpreter", emb),
         ("  reference_v1 policies", ref),
-        ("embedded (compiled, RVM)", comp),
         ("opa data api", opa),
     )
     for name, r in rows:
         print(
-            f"{name:<26}{r['decisions_per_s']:>12,.0f}{r['decisions_per_cpu_s']:>11,.0f}"
+            f"{name:<29}{r['decisions_per_s']:>12,.0f}{r['decisions_per_cpu_s']:>11,.0f}"
             f"{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}{r['mean_us']:>9.1f}"
         )
     ra = report["ratios"]
     print(
-        f"\ninterpreter vs OPA: {ra['throughput_embedded_over_opa']:.1f}x throughput, "
-        f"p50 {ra['p50_opa_over_embedded']:.1f}x lower, p99 {ra['p99_opa_over_embedded']:.1f}x lower"
+        f"\ncompiled (default) vs OPA: {ra['throughput_compiled_over_opa']:.1f}x throughput; "
+        f"compiled vs interpreter: {ra['throughput_compiled_over_interpreter']:.1f}x"
     )
     print(
-        f"compiled vs OPA: {ra['throughput_compiled_over_opa']:.1f}x throughput; "
-        f"compiled vs interpreter: {ra['throughput_compiled_over_interpreter']:.1f}x"
+        f"interpreter vs OPA: {ra['throughput_embedded_over_opa']:.1f}x throughput, "
+        f"p50 {ra['p50_opa_over_embedded']:.1f}x lower, p99 {ra['p99_opa_over_embedded']:.1f}x lower"
     )
     print(
         f"shipped vs reference_v1 policies (interpreter, same decisions): "
@@ -301,9 +305,9 @@ def main() -> int:
             f"goal ({mode}) >= 20,000 decisions per CPU-second: {'met' if met['decisions_per_s'] else 'NOT met'}; "
             f"p99 <= 1 ms: {'met' if met['p99_us'] else 'NOT met'}"
         )
-    print("\nper case, CPU us/decision, best of 3 (interpreter / reference_v1 policies / compiled):")
-    for name, us in emb_cases.items():
-        print(f"  {us:8.1f} {ref_cases[name]:8.1f} {comp_cases[name]:8.1f}  {name}")
+    print("\nper case, CPU us/decision, best of 3 (compiled / interpreter / reference_v1 policies):")
+    for name, us in comp_cases.items():
+        print(f"  {us:8.1f} {emb_cases[name]:8.1f} {ref_cases[name]:8.1f}  {name}")
     print(f"\nwrote {RESULTS.relative_to(REPO)}")
     return 0
 

@@ -350,6 +350,9 @@ default decision := {
 	"rule_ids": ["default_deny"],
 }
 
+# One rule with `else`, not two definitions: two definitions with different values are a conflict the
+# compiled engine would not report; comprehension terms are plain variables (docs/policy-input.md,
+# "Embedded modes").
 decision := {
 	"allow": true,
 	"reasons": [sprintf("allow: %s on %s", [input.method, input.endpoint])],
@@ -357,12 +360,10 @@ decision := {
 } if {
 	route
 	count(denials) == 0
-}
-
-decision := {
+} else := {
 	"allow": false,
-	"reasons": [d.reason | some d in sort(denials)],
-	"rule_ids": sort({d.rule | some d in denials}),
+	"reasons": [r | some d in sort(denials); r := d.reason],
+	"rule_ids": sort({r | some d in denials; r := d.rule}),
 } if {
 	count(denials) > 0
 }

@@ -77,9 +77,9 @@ class PolicyConfig:
     proxy_decision: str = "data.par.docker_proxy.decision"  # docker proxy decision
     history_window_s: int = 3600  # how much execution history the policy sees
     watch: bool = True  # reload when policy files change (SIGHUP always reloads)
-    # embedded only: "interpreter" (what `par policy test` runs) or "compiled" (regorus RVM, 2-4x faster;
-    # see docs/policy-input.md for how its semantics differ before turning it on)
-    embedded_mode: Literal["interpreter", "compiled"] = "interpreter"
+    # embedded only: "compiled" (regorus RVM, 2-4x faster; the policy must pass the load-time lint of
+    # docs/policy-input.md, "Embedded modes") or "interpreter"
+    embedded_mode: Literal["interpreter", "compiled"] = "compiled"
 
 
 @dataclass(frozen=True)

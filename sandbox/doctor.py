@@ -137,7 +137,7 @@ def check_policy(ctx: Context) -> str:
     finally:
         engine.close()
     try:
-        report = run_tests([pcfg.path])
+        report = run_tests([pcfg.path], mode=pcfg.embedded_mode)
     except Error as exc:
         raise CheckFailed(f"policy tests do not load: {exc.message}", exc.hint) from None
     counts = report.counts

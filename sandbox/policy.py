@@ -69,16 +69,21 @@ class PolicyEngine(Protocol):
     def close(self) -> None: ...
 
 
-def open_engine(cfg: PolicyConfig, *, on_reload: ReloadCallback | None = None) -> PolicyEngine:
+def open_engine(
+    cfg: PolicyConfig, *, on_reload: ReloadCallback | None = None, isolate_build: bool = False
+) -> PolicyEngine:
     """The configured backend, ready to decide; PolicyError if the embedded policy does not load.
 
     The embedded engine compiles ``cfg.path`` now (a broken policy stops the runner from starting,
     rather than denying everything later) and, with ``cfg.watch``, polls the files for changes.
+    ``isolate_build`` (the long-lived runner and proxy) validates and compiles in a child process, whose
+    memory goes away with it (sandbox/_internal/policy_build.py); the compiled mode only.
     The OPA backend does not contact the server here: OPA may start after the runner, and until it
     answers every decision is a deny.
     """
     if cfg.engine == "embedded":
-        return EmbeddedEngine(cfg.path, on_reload=on_reload, watch=cfg.watch, mode=cfg.embedded_mode)
+        return EmbeddedEngine(cfg.path, on_reload=on_reload, watch=cfg.watch, mode=cfg.embedded_mode,
+                              entry_points=(cfg.decision, cfg.proxy_decision), isolate_build=isolate_build)
     if cfg.engine == "opa":
         # Imported here: the OPA client pulls in requests/aiohttp (~25 MB resident), which the embedded
         # default (and the long-lived proxy process) should not carry.

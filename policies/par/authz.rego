@@ -35,13 +35,15 @@ grants contains {"rule": "authz.workflow", "reason": reason} if {
 }
 
 # One body for all three ways a role can permit an action (role_permits), so a non-user principal
-# costs one failed test here instead of three.
-grants contains {"rule": sprintf("authz.role.%s", [role]), "reason": reason} if {
+# costs one failed test here instead of three. The rule id is bound in the body, not computed in the
+# head: the compiled engine would store an undefined head part as a "<undefined>" grant.
+grants contains {"rule": rule, "reason": reason} if {
 	input.principal.type == "user"
 	input.principal.id != ""
 	some role in input.principal.roles
 	role_permits(data.dogbank.roles[role])
 	category := data.dogbank.actions[input.action]
+	rule := sprintf("authz.role.%s", [role])
 	reason := sprintf("authz.role.%s: role %q may run %q (category %s)", [role, role, input.action, category])
 }
 
@@ -88,7 +90,7 @@ why_not contains {"rule": "authz.workflow", "reason": reason} if {
 	not monitor_matches(workflow)
 	reason := sprintf(
 		"authz.workflow: workflow %q may run %q only when triggered by monitor %s (got trigger %s, monitor %v)",
-		[input.principal.name, input.action, concat(" or ", [sprintf("%q", [m]) | some m in workflow.monitors]), input.trigger.type, object.get(input.trigger, "monitor_name", null)],
+		[input.principal.name, input.action, concat(" or ", [q | some m in workflow.monitors; q := sprintf("%q", [m])]), input.trigger.type, object.get(input.trigger, "monitor_name", null)],
 	)
 }
 

@@ -37,11 +37,12 @@ timeout_s := input.action_info.timeout_s if {
 
 # The allow branch repeats allow's conditions instead of referencing it, and each branch binds the
 # rule sets it reports once (a rule reference costs more than these checks in the interpreter);
-# `else` keeps the deny branch, and the denial explanations, off the allow path.
+# `else` keeps the deny branch, and the denial explanations, off the allow path. Comprehension terms are
+# plain variables (`r := g.reason`), as the compiled-mode lint requires (docs/policy-input.md).
 decision := {
 	"allow": true,
-	"reasons": [g.reason | some g in sort(granted)],
-	"rule_ids": sort({g.rule | some g in granted}),
+	"reasons": [r | some g in sort(granted); r := g.reason],
+	"rule_ids": sort({r | some g in granted; r := g.rule}),
 	"limits": {"timeout_s": data.par.timeout_s},
 } if {
 	is_array(input.history)
@@ -54,8 +55,8 @@ decision := {
 	count(data.par.ratelimit.deny) == 0
 } else := {
 	"allow": false,
-	"reasons": [d.reason | some d in sort(found)],
-	"rule_ids": sort({d.rule | some d in found}),
+	"reasons": [r | some d in sort(found); r := d.reason],
+	"rule_ids": sort({r | some d in found; r := d.rule}),
 	"limits": {"timeout_s": data.par.timeout_s},
 } if {
 	found := data.par.denials

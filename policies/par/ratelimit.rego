@@ -4,7 +4,8 @@
 # ts + window; every denial says when. Windows must not exceed policy.history_window_s (3600 s), the
 # history the runner passes in. Each limit scans the history only for the category it applies to,
 # with the conditions inlined, the action's category included (data.dogbank.actions[input.action]; see
-# the note in authz.rego on the interpreter's cost model).
+# the note in authz.rego on the interpreter's cost model). Comprehension terms are plain variables bound
+# in the body (`ts := h.ts_ns`), as the compiled-mode lint requires (docs/policy-input.md, "Embedded modes").
 package par.ratelimit
 
 import rego.v1
@@ -12,12 +13,14 @@ import rego.v1
 # --- scaling: at most N in any window, and a minimum interval --------------------------------------
 
 # [ts_ns, action] of every scaling run in the window (pairs, so one run is counted once).
-scale_runs := {[h.ts_ns, h.action] |
+scale_runs := {[ts, name] |
 	actions := data.dogbank.actions
 	window := data.dogbank.rate_limits.scale.window_s * 1000000000
 	some h in input.history
-	actions[h.action] == "scale"
-	input.now_ns - h.ts_ns < window
+	name := h.action
+	actions[name] == "scale"
+	ts := h.ts_ns
+	input.now_ns - ts < window
 }
 
 # The scaling limits are checked only for a scaling action: one test here instead of one per limit.
@@ -39,7 +42,7 @@ scale_deny contains {"rule": "rate_limit.scale_count", "reason": reason} if {
 
 scale_deny contains {"rule": "rate_limit.scale_interval", "reason": reason} if {
 	interval := data.dogbank.rate_limits.scale.min_interval_s * 1000000000
-	recent := [run[0] | some run in scale_runs; input.now_ns - run[0] < interval]
+	recent := [ts | some run in scale_runs; ts := run[0]; input.now_ns - ts < interval]
 	count(recent) > 0
 	next := max(recent) + interval
 	reason := sprintf(
@@ -56,11 +59,13 @@ deny contains {"rule": "rate_limit.restart_service", "reason": reason} if {
 	actions[input.action] in limit.categories
 	window := limit.window_s * 1000000000
 	some service in input.action_info.services
-	runs := sort({[h.ts_ns, h.action] |
+	runs := sort({[ts, name] |
 		some h in input.history
 		h.service == service
-		actions[h.action] in limit.categories
-		input.now_ns - h.ts_ns < window
+		name := h.action
+		actions[name] in limit.categories
+		ts := h.ts_ns
+		input.now_ns - ts < window
 	})
 	count(runs) >= limit.max
 	next := runs[count(runs) - limit.max][0] + window
@@ -75,10 +80,11 @@ deny contains {"rule": "rate_limit.restart_service", "reason": reason} if {
 deny contains {"rule": "rate_limit.action", "reason": reason} if {
 	limit := data.dogbank.rate_limits.per_action[input.action]
 	window := limit.window_s * 1000000000
-	runs := sort({h.ts_ns |
+	runs := sort({ts |
 		some h in input.history
 		h.action == input.action
-		input.now_ns - h.ts_ns < window
+		ts := h.ts_ns
+		input.now_ns - ts < window
 	})
 	count(runs) >= limit.max
 	next := runs[count(runs) - limit.max] + window

@@ -9,10 +9,19 @@ Tests are the rules named ``test_*`` in ``*_test.rego`` files. A plain test pass
 case: the passing notes are the keys the rule produces; the full list of notes comes from evaluating
 the collection of the body's first ``some note ... in <collection>`` (found in the parsed AST), so a
 failing case is reported by name instead of silently missing.
+
+In compiled mode (``--mode compiled``, the default policy.embedded_mode) the production modules must
+also pass the compiled-mode lint (a failure is a load error), and every test is cross-checked against
+the RVM: regorus cannot compile ``with``, so instead every input a test feeds to a production rule
+(``<stmt> with input as <expr>``, captured with a ``print`` inserted before the statement) is replayed
+on both engines for each production rule that statement refers to. A test for which the two engines
+disagree FAILs, naming the rule, the statement and both results, because its PASS would say nothing
+about what production decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -21,13 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regorus
+
 from sandbox._internal.policy_bundle import PolicyBundle, is_test_module, load_bundle, merge_bundles
 from sandbox._internal.policy_decision import first_line
-from sandbox._internal.policy_embedded import UNDEFINED, compile_bundle
+from sandbox._internal.policy_embedded import UNDEFINED, compile_bundle, compile_vm
 from sandbox.errors import PolicyError
 
 PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
+MODES = ("interpreter", "compiled")
 _CASES_PREFIX = "__par_cases_"
+_CAPTURE = "__par_rvm_input__"
+_WITH_INPUT = re.compile(rb"^with\s+input\s+as\s+")
 
 
 @dataclass
@@ -82,6 +96,7 @@ class TestReport:
     results: list[TestResult]
     coverage: dict[str, Any] | None = None
     bundle: PolicyBundle | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. a test file not cross-checked in compiled mode
 
     @property
     def counts(self) -> dict[str, int]:
@@ -119,10 +134,14 @@ def discover(engine: Any, bundle: PolicyBundle) -> list[TestCase]:
     return found
 
 
-def run_tests(paths: Sequence[Path], *, pattern: str | None = None, coverage: bool = False) -> TestReport:
-    """Load, compile and run; PolicyError (exit 1) if anything does not load or compile."""
+def run_tests(
+    paths: Sequence[Path], *, pattern: str | None = None, coverage: bool = False, mode: str = "interpreter"
+) -> TestReport:
+    """Load, compile and run; PolicyError (exit 1) if anything does not load, compile or (compiled) lint."""
+    if mode not in MODES:
+        raise PolicyError(f"unknown mode {mode!r}; use 'interpreter' or 'compiled'")
     bundle = load_for_tests(paths)
-    engine = compile_bundle(bundle, coverage=coverage)
+    engine = compile_bundle(bundle, coverage=coverage, lint=mode == "compiled")
     cases = discover(engine, bundle)
     if pattern is not None:
         try:
@@ -132,10 +151,22 @@ def run_tests(paths: Sequence[Path], *, pattern: str | None = None, coverage: bo
         cases = [c for c in cases if regex.search(f"data.{c.package}.{c.name}")]
     _add_case_helpers(engine, cases, bundle)
     engine.set_gather_prints(True)
+    parity = _Parity(bundle, engine) if mode == "compiled" else None
     results: list[TestResult] = []
-    for case in cases:
-        results.extend(_run_one(engine, case))
+    try:
+        for case in cases:
+            outcome = _run_one(engine, case)
+            if parity is not None:
+                parity.check(case, outcome)
+            results.extend(outcome)
+    finally:
+        if parity is not None:
+            parity.release()
     report = TestReport(results=results, bundle=bundle)
+    if parity is not None:
+        report.notes = [
+            f"{file}: not cross-checked against the compiled engine: {why}" for file, why in parity.unchecked.items()
+        ]
     if coverage:
         report.coverage = _coverage(engine)
     return report
@@ -326,3 +357,270 @@ def _coverage(engine: Any) -> dict[str, Any]:
         "files": files,
         "coverage": round(100.0 * total_cov / total_all, 2) if total_all else 100.0,
     }
+
+
+# -- compiled mode: the same answers from the RVM ---------------------------------------------------
+
+
+@dataclass
+class _Statement:
+    """A statement of a test module that evaluates production rules; replayed on both engines."""
+
+    file: str
+    line: int
+    rules: list[str]  # production rule paths it refers to, e.g. data.par.decision
+    with_input: bool  # False: evaluated without input (a test rule's own body)
+
+
+class _Parity:
+    """Replays what the tests feed to production rules on the interpreter and on the RVM."""
+
+    def __init__(self, bundle: PolicyBundle, engine: Any) -> None:
+        self.production = PolicyBundle(
+            root=bundle.root,
+            modules=tuple(m for m in bundle.modules if not is_test_module(m[0])),
+            data=bundle.data,
+            revision=bundle.revision,
+            files=bundle.files,
+        )
+        asts = json.loads(engine.get_ast_as_json())
+        self.rule_paths = _production_rules(asts)
+        self.statements: dict[int, _Statement] = {}
+        self.by_test: dict[tuple[str, str], list[int]] = {}
+        self.unchecked: dict[str, str] = {}  # test file -> why its inputs could not be captured
+        self.capture = self._instrument(asts)
+        self.interp = compile_bundle(self.production)
+        self.vms: dict[str, Any] = {}
+        self.memo: dict[tuple[str, str | None], tuple[str, str] | None] = {}
+
+    def release(self) -> None:
+        """Drop the engines now, in this thread: regorus objects are unsendable, and one left in a
+        reference cycle would be collected (and leaked, with a warning) by whichever thread runs the GC."""
+        self.vms.clear()
+        self.interp = None
+        self.capture = None
+
+    # instrumentation: print each `with input as` value just before its statement
+    def _instrument(self, asts: list[dict[str, Any]]) -> Any:
+        capture = regorus.Engine()
+        capture.set_gather_prints(True)
+        sources = dict(self.production.modules)
+        for name, text in sources.items():
+            capture.add_policy(name, text)
+        for module in asts:
+            name = module["source"]["file"]
+            if not is_test_module(name) or name.startswith(_CASES_PREFIX):
+                continue
+            source = module["source"]["contents"].encode("utf-8")
+            package = _ref_text(module["ast"]["package"]["refr"])
+            edits: list[tuple[int, int, bytes]] = []
+            for rule in module["ast"].get("rules", []):
+                spec = rule.get("Spec")
+                if spec is not None:
+                    edits.extend(self._edits(spec, name, package, source))
+            patched = bytearray(source)
+            for start, end, replacement in sorted(edits, reverse=True):
+                patched[start:end] = replacement
+            try:
+                capture.add_policy(name, patched.decode("utf-8"))
+            except Exception as exc:  # noqa: BLE001 - keep the test run; say which file was not cross-checked
+                capture.add_policy(name, source.decode("utf-8"))
+                self.unchecked[name] = f"its inputs could not be captured ({first_line(str(exc))})"
+        try:
+            capture.add_data_json(self.production.data_json)
+        except Exception as exc:
+            raise PolicyError(f"policy data rejected by the engine: {first_line(str(exc))}") from exc
+        return capture
+
+    def _edits(
+        self, spec: dict[str, Any], file: str, package: str, source: bytes
+    ) -> list[tuple[int, int, bytes]]:
+        head = spec.get("head", {})
+        inner: dict[str, Any] = next(iter(head.values()), {}) if head else {}
+        ref = inner.get("refr", {})
+        name = ref.get("Var", {}).get("value") if "Var" in ref else None
+        is_test = isinstance(name, str) and name.startswith("test_")
+        edits = []
+        for body in spec.get("bodies", []):
+            query = body.get("query", {})
+            at = int(query.get("span", {}).get("start", 0))
+            braced = source[at : at + 1] == b"{"  # `if { ... }`, not `if <one statement>`
+            for stmt in query.get("stmts", []):
+                mods = stmt.get("with_mods") or []
+                rules = self._rules_in(stmt.get("literal", {}))
+                if not rules:
+                    continue
+                n = len(self.statements)
+                line = int(stmt["span"]["line"])
+                if not mods:
+                    if is_test:  # a test rule runs without input
+                        self.statements[n] = _Statement(file, line, rules, with_input=False)
+                        self.by_test.setdefault((package, str(name)), []).append(n)
+                    continue
+                targets = [_ref_text(m["refr"]) if _is_plain_ref(m["refr"]) else "?" for m in mods]
+                if targets != ["input"]:
+                    continue  # `with data...` cannot be replayed on a production engine
+                mod_span = mods[0]["span"]
+                as_text = _WITH_INPUT.sub(b"", source[int(mod_span["start"]) : int(mod_span["end"])])
+                self.statements[n] = _Statement(file, line, rules, with_input=True)
+                start, end = int(stmt["span"]["start"]), int(stmt["span"]["end"])
+                probe = b'print("' + _CAPTURE.encode() + b'", ' + str(n).encode() + b", json.marshal(" + as_text + b"))"
+                original = source[start:end]
+                text = probe + b"; " + original if braced else b"{ " + probe + b"; " + original + b" }"
+                edits.append((start, end, text))
+        return edits
+
+    def _rules_in(self, literal: dict[str, Any]) -> list[str]:
+        found: list[str] = []
+
+        def walk(n: Any) -> None:
+            if isinstance(n, list):
+                for x in n:
+                    walk(x)
+            elif isinstance(n, dict):
+                for kind, inner in n.items():
+                    if kind in ("RefDot", "RefBrack", "Var") and isinstance(inner, dict):
+                        path = _data_path({kind: inner})
+                        if path is not None:
+                            rule = self._rule_of(path)
+                            if rule is not None and rule not in found:
+                                found.append(rule)
+                                continue
+                    if kind != "span":
+                        walk(inner)
+
+        walk(literal)
+        return found
+
+    def _rule_of(self, path: list[str]) -> str | None:
+        for i in range(len(path), 1, -1):
+            candidate = "data." + ".".join(path[1:i])
+            if candidate in self.rule_paths:
+                return candidate
+        return None
+
+    # checking
+    def check(self, case: TestCase, results: list[TestResult]) -> None:
+        ids = list(self.by_test.get((case.package, case.name), []))
+        inputs: list[tuple[int, str]] = []
+        self.capture.take_prints()
+        # An error is the test's own ERROR, which the interpreter run reports; its prints still count.
+        with contextlib.suppress(Exception):
+            self.capture.eval_rule_as_json(f"data.{case.package}.{case.name}")
+        for line in self.capture.take_prints():
+            marker = line.find(_CAPTURE + " ")
+            if marker < 0:
+                continue
+            n_text, _, payload = line[marker + len(_CAPTURE) + 1 :].partition(" ")
+            if n_text.isdigit() and payload != "<undefined>":
+                inputs.append((int(n_text), payload))
+        notes: list[str] = []
+        for n in ids:
+            notes.extend(self._compare(n, None))
+        for n, payload in dict.fromkeys(inputs):
+            notes.extend(self._compare(n, payload))
+        if not notes:
+            return
+        note = "differs in compiled mode: " + "; ".join(dict.fromkeys(notes))
+        for r in results:
+            r.status = FAIL
+            r.message = f"{r.message}; {note}" if r.message else note
+
+    def _compare(self, n: int, payload: str | None) -> list[str]:
+        st = self.statements[n]
+        out = []
+        for rule in st.rules:
+            key = (rule, payload)
+            if key not in self.memo:
+                self.memo[key] = self._evaluate(rule, payload)
+            diff = self.memo[key]
+            if diff is not None:
+                where = f"{st.file}:{st.line}"
+                out.append(f"{rule} at {where}: interpreter {diff[0]}, compiled {diff[1]}")
+        return out
+
+    def _evaluate(self, rule: str, payload: str | None) -> tuple[str, str] | None:
+        if rule not in self.vms:
+            try:
+                self.vms[rule] = compile_vm(self.production, rule)
+            except Exception:  # noqa: BLE001 - production falls back to the interpreter for this query too
+                self.vms[rule] = None
+        vm = self.vms[rule]
+        if vm is None:
+            return None
+        interp = self.interp if payload is not None else compile_bundle(self.production)
+        if payload is None:
+            vm = compile_vm(self.production, rule)  # a VM that never had an input
+        a = _outcome(interp, interp.eval_rule_as_json, rule, payload)
+        b = _outcome(vm, vm.execute_entry_point, rule, payload)
+        if a == b:
+            return None
+        return _short(a), _short(b)
+
+
+def _outcome(engine: Any, run: Any, rule: str, payload: str | None) -> str:
+    try:
+        if payload is not None:
+            engine.set_input_json(payload)
+        value = json.loads(run(rule))
+    except Exception as exc:  # noqa: BLE001 - an error is an outcome to compare, not a crash
+        return "error: " + first_line(str(exc)).split(" error:")[-1].strip()
+    if value == UNDEFINED:
+        return "undefined"
+    return json.dumps(value, sort_keys=True)
+
+
+def _short(text: str) -> str:
+    if text.startswith("error"):
+        return "an error (conflict)"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _production_rules(asts: list[dict[str, Any]]) -> set[str]:
+    paths: set[str] = set()
+    for module in asts:
+        if is_test_module(module["source"]["file"]) or module["source"]["file"].startswith(_CASES_PREFIX):
+            continue
+        package = _ref_text(module["ast"]["package"]["refr"])
+        for rule in module["ast"].get("rules", []):
+            if "Default" in rule:
+                ref = rule["Default"]["refr"]
+            else:
+                head = rule.get("Spec", {}).get("head", {})
+                if "Func" in head:
+                    continue  # functions are reached through the rules that call them
+                inner: dict[str, Any] = next(iter(head.values()), {}) if head else {}
+                ref = inner.get("refr", {})
+            while "RefBrack" in ref or ("RefDot" in ref and "Var" not in ref["RefDot"]["refr"]):
+                ref = (ref.get("RefBrack") or ref.get("RefDot"))["refr"]
+            if "Var" in ref:
+                paths.add(f"data.{package}.{ref['Var']['value']}")
+            elif "RefDot" in ref:
+                paths.add(f"data.{package}.{_ref_text(ref)}")
+    return paths
+
+
+def _is_plain_ref(ref: dict[str, Any]) -> bool:
+    return "Var" in ref or ("RefDot" in ref and _is_plain_ref(ref["RefDot"]["refr"]))
+
+
+def _data_path(ref: dict[str, Any]) -> list[str] | None:
+    """``data.a.b["c"]`` as ["data", "a", "b", "c"] up to the first non-constant part; None if not data."""
+    parts: list[str] = []
+    node = ref
+    while True:
+        if "Var" in node:
+            parts.append(str(node["Var"]["value"]))
+            break
+        if "RefDot" in node:
+            parts.append(str(node["RefDot"]["field"][1]))
+            node = node["RefDot"]["refr"]
+        elif "RefBrack" in node:
+            idx = node["RefBrack"]["index"]
+            key = idx.get("String") or idx.get("RawString")
+            parts = [] if key is None else [*parts, str(key["value"])]
+            node = node["RefBrack"]["refr"]
+        else:
+            return None
+    parts.reverse()
+    return parts if parts[0] == "data" and len(parts) > 1 else None

@@ -62,7 +62,7 @@ def open_runner(cfg: RunnerConfig, *, peer: ControlPlanePeer | None = None) -> I
         # engine is opened in that thread, so the copy it compiles at load is the one that decides.
         decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix="par-policy")
         stack.callback(decider.shutdown, wait=True)
-        policy = decider.submit(open_engine, cfg.policy, on_reload=on_reload).result()
+        policy = decider.submit(open_engine, cfg.policy, on_reload=on_reload, isolate_build=True).result()
         stack.callback(policy.close)
         if cfg.proxy.in_process:
             try:

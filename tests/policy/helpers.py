@@ -89,9 +89,8 @@ default allow := false
 
 allow if input.ok == true
 
-decision := {"allow": allow, "reasons": ["simple: ok is not true"], "rule_ids": ["simple"], "limits": {}} if not allow
-
 decision := {"allow": true, "reasons": ["simple: ok"], "rule_ids": ["simple"], "limits": {"timeout_s": 5}} if allow
+else := {"allow": allow, "reasons": ["simple: ok is not true"], "rule_ids": ["simple"], "limits": {}}
 """
 
 

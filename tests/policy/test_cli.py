@@ -272,3 +272,50 @@ test_arr[i] if {
         "data.a_test.test_arr[0]": "PASS",
         "data.a_test.test_arr[1]": "FAIL",
     }
+
+
+# -- par policy test --mode ----------------------------------------------------------------------------
+
+UNSAFE_FOR_COMPILED = """package par
+
+import rego.v1
+
+x := v if { some v in input.xs }
+
+decision := {"allow": x == 1, "reasons": ["x"]}
+"""
+UNSAFE_TEST = 'package par_test\n\nimport rego.v1\n\ntest_one if data.par.x == 1 with input as {"xs": [1]}\n'
+
+
+def test_compiled_mode_lint_failure_exits_1_naming_the_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_policy(tmp_path / "p", {"par.rego": UNSAFE_FOR_COMPILED, "par_test.rego": UNSAFE_TEST})
+    code, _, err = run(capsys, "policy", "test", str(root), "--mode", "compiled")
+    assert code == 1
+    assert "par.rego:5: data.par.x: value `v` depends on v" in err and "hint:" in err
+    code, out, _ = run(capsys, "policy", "test", str(root), "--mode", "interpreter")
+    assert code == 0, out
+
+
+def test_mode_defaults_to_the_configured_embedded_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_policy(tmp_path / "p", {"par.rego": UNSAFE_FOR_COMPILED, "par_test.rego": UNSAFE_TEST})
+    text = (REPO / "config" / "runner.yaml").read_text()
+    assert "embedded_mode: compiled" in text  # the shipped default
+    config = tmp_path / "config" / "runner.yaml"
+    config.parent.mkdir()
+    config.write_text(text.replace("embedded_mode: compiled", "embedded_mode: interpreter"))
+    assert run(capsys, "--config", str(config), "policy", "test", str(root))[0] == 0
+    assert run(capsys, "--config", CONFIG, "policy", "test", str(root))[0] == 1
+    assert run(capsys, "--config", str(tmp_path / "none.yaml"), "policy", "test", str(root))[0] == 1  # built-in default
+
+
+def test_unreadable_config_is_a_load_error_not_a_guess(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "runner.yaml"
+    config.write_text("policy: [not, a, mapping]\n")
+    code, _, err = run(capsys, "--config", str(config), "policy", "test", str(POLICIES))
+    assert code == 1 and "embedded_mode" in err and "--mode" in err
+
+
+def test_shipped_policies_pass_in_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    for mode in ("compiled", "interpreter"):
+        code, out, _ = run(capsys, "policy", "test", str(POLICIES), "--mode", mode)
+        assert code == 0 and "FAIL" not in out, (mode, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sandbox._internal.policy_embedded import EmbeddedEngine
+from sandbox._internal.policy_embedded import EmbeddedEngine, encode_input
 from sandbox.config import PolicyConfig
 from sandbox.errors import PolicyError
 from sandbox.policy import Decision, PolicyEngine, install_sighup_reload, open_engine
@@ -31,16 +33,35 @@ from tests.policy.helpers import (
     write_policy,
 )
 
+# compiled is the default; "isolated" is compiled with the build in a child process, as the runner and the
+# proxy open it (sandbox/_internal/policy_build.py). All must behave the same and fail closed.
+MODES = ["compiled", "interpreter", "isolated"]
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    eng = open_engine(PolicyConfig(path=POLICIES, watch=False))
+
+def open_mode(cfg: PolicyConfig, mode: str, **kw: Any) -> PolicyEngine:
+    isolated = mode == "isolated"
+    cfg = dataclasses.replace(cfg, embedded_mode="compiled" if isolated else mode)  # type: ignore[arg-type]
+    return open_engine(cfg, isolate_build=isolated, **kw)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def engine(request: pytest.FixtureRequest) -> Any:
+    eng = open_mode(PolicyConfig(path=POLICIES, watch=False), request.param)
     yield eng
     eng.close()
 
 
-def simple_engine(root: Path, **kw: Any) -> PolicyEngine:
-    return open_engine(PolicyConfig(path=root, watch=False), **kw)
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def simple_engine(root: Path, mode: str = "compiled", **kw: Any) -> PolicyEngine:
+    return open_mode(PolicyConfig(path=root, watch=False), mode, **kw)
+
+
+def test_compiled_is_the_default_mode() -> None:
+    assert PolicyConfig().embedded_mode == "compiled"
 
 
 # -- the shipped policies through the Python API ---------------------------------------------------
@@ -123,16 +144,32 @@ def assert_policy_error(d: Decision, fragment: str) -> None:
         ('decision := {"allow": true, "limits": []}', "'limits' must be an object"),
         ('decision := ["allow"]', "must be an object"),
         ("decision := true if input.never", "is undefined"),
-        ('x := 1\nx := 2 if input.a\ndecision := {"allow": x == 1}', "policy_error"),
     ],
 )
-def test_malformed_decisions_deny(tmp_path: Path, decision_rego: str, fragment: str) -> None:
+def test_malformed_decisions_deny(tmp_path: Path, mode: str, decision_rego: str, fragment: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": f"package par\n\nimport rego.v1\n\n{decision_rego}\n"})
-    eng = simple_engine(root)
+    eng = simple_engine(root, mode)
     try:
         assert_policy_error(eng.decide({"a": True}), fragment)
     finally:
         eng.close()
+
+
+CONFLICT = 'package par\n\nimport rego.v1\n\nx := 1\nx := 2 if input.a\ndecision := {"allow": x == 1}\n'
+
+
+def test_attack_conflicting_rule_is_a_deny_in_the_interpreter(tmp_path: Path) -> None:
+    eng = simple_engine(write_policy(tmp_path / "p", {"par.rego": CONFLICT}), "interpreter")
+    try:
+        assert_policy_error(eng.decide({"a": True}), "policy_error")
+    finally:
+        eng.close()
+
+
+def test_attack_conflicting_rule_does_not_load_in_compiled_mode(tmp_path: Path) -> None:
+    """The RVM would make x undefined (not an error) here: the lint refuses the policy instead."""
+    with pytest.raises(PolicyError, match=r"par\.rego:5: data\.par\.x: defined more than once"):
+        simple_engine(write_policy(tmp_path / "p", {"par.rego": CONFLICT}), "compiled")
 
 
 def test_undefined_query_and_non_path_query_deny(engine: PolicyEngine) -> None:
@@ -150,25 +187,25 @@ def test_huge_input_denies(engine: PolicyEngine) -> None:
     assert_policy_error(engine.decide({"x": "a" * (2 * 1024 * 1024)}), "over")
 
 
-def test_compile_error_at_open_is_a_policy_error(tmp_path: Path) -> None:
+def test_compile_error_at_open_is_a_policy_error(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": "package par\nimport rego.v1\ndecision if {\n"})
     with pytest.raises(PolicyError, match=r"par\.rego"):
-        simple_engine(root)
+        simple_engine(root, mode)
 
 
-def test_unresolvable_reference_is_caught_at_load_not_first_request(tmp_path: Path) -> None:
+def test_unresolvable_reference_is_caught_at_load_not_first_request(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": "package par\nimport rego.v1\ndecision := no_such_function(1)\n"})
     with pytest.raises(PolicyError, match="does not compile"):
-        simple_engine(root)
+        simple_engine(root, mode)
 
 
 # -- reload ----------------------------------------------------------------------------------------
 
 
-def test_reload_with_compile_error_keeps_the_old_decisions(tmp_path: Path) -> None:
+def test_reload_with_compile_error_keeps_the_old_decisions(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": SIMPLE_POLICY})
     events: list[tuple[str, str | None]] = []
-    eng = simple_engine(root, on_reload=lambda e, err: events.append((e, err)))
+    eng = simple_engine(root, mode, on_reload=lambda e, err: events.append((e, err)))
     try:
         before = eng.revision
         assert eng.decide({"ok": True}).allow
@@ -183,9 +220,9 @@ def test_reload_with_compile_error_keeps_the_old_decisions(tmp_path: Path) -> No
         eng.close()
 
 
-def test_reload_with_bad_data_keeps_the_old_decisions(tmp_path: Path) -> None:
+def test_reload_with_bad_data_keeps_the_old_decisions(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": SIMPLE_POLICY})
-    eng = simple_engine(root)
+    eng = simple_engine(root, mode)
     try:
         (root / "data.json").write_text("[1, 2, 3]")
         assert eng.reload() is False
@@ -194,10 +231,10 @@ def test_reload_with_bad_data_keeps_the_old_decisions(tmp_path: Path) -> None:
         eng.close()
 
 
-def test_reload_swaps_in_a_new_policy_for_every_thread(tmp_path: Path) -> None:
+def test_reload_swaps_in_a_new_policy_for_every_thread(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": SIMPLE_POLICY})
     events: list[tuple[str, str | None]] = []
-    eng = simple_engine(root, on_reload=lambda e, err: events.append((e, err)))
+    eng = simple_engine(root, mode, on_reload=lambda e, err: events.append((e, err)))
     try:
         results: list[bool] = []
         t = threading.Thread(target=lambda: results.append(eng.decide({"ok": True}).allow))
@@ -227,10 +264,14 @@ def test_reload_without_changes_is_quiet(tmp_path: Path) -> None:
         eng.close()
 
 
-def test_watch_picks_up_file_changes(tmp_path: Path) -> None:
+def test_watch_picks_up_file_changes(tmp_path: Path, mode: str) -> None:
     root = write_policy(tmp_path / "p", {"par.rego": SIMPLE_POLICY})
     events: list[tuple[str, str | None]] = []
-    eng = EmbeddedEngine(root, on_reload=lambda e, err: events.append((e, err)), watch=True, watch_interval_s=0.05)
+    eng = EmbeddedEngine(
+        root, on_reload=lambda e, err: events.append((e, err)), watch=True, watch_interval_s=0.05,
+        mode="compiled" if mode == "isolated" else mode, isolate_build=mode == "isolated",
+        entry_points=("data.par.decision",),
+    )
     try:
         (root / "par.rego").write_text(SIMPLE_POLICY.replace("input.ok == true", "input.ok == 7"))
         deadline = time.monotonic() + 5
@@ -294,6 +335,13 @@ def compiled() -> Any:
     eng.close()
 
 
+@pytest.fixture(scope="module")
+def interpreter() -> Any:
+    eng = open_engine(PolicyConfig(path=POLICIES, watch=False, embedded_mode="interpreter"))
+    yield eng
+    eng.close()
+
+
 def corpus() -> list[dict[str, Any]]:
     """Every catalog action x a spread of principals/triggers/histories: allows and every deny rule."""
     principals = [
@@ -322,12 +370,12 @@ def corpus() -> list[dict[str, Any]]:
     return docs
 
 
-def test_compiled_mode_decides_exactly_like_the_interpreter(engine: PolicyEngine, compiled: PolicyEngine) -> None:
+def test_compiled_mode_decides_exactly_like_the_interpreter(interpreter: PolicyEngine, compiled: PolicyEngine) -> None:
     docs = corpus()
     assert len(docs) > 500
     allowed = denied = 0
     for doc in docs:
-        a, b = engine.decide(doc), compiled.decide(doc)
+        a, b = interpreter.decide(doc), compiled.decide(doc)
         assert a == b, doc
         allowed += a.allow
         denied += not a.allow
@@ -340,24 +388,58 @@ def test_compiled_mode_fails_closed_too(compiled: PolicyEngine) -> None:
     assert not compiled.decide({}).allow
 
 
-def test_compiled_mode_conflict_is_still_a_deny(tmp_path: Path) -> None:
-    """The documented RVM difference: a conflicting complete rule is undefined, never an allow here."""
-    root = write_policy(
-        tmp_path / "p",
-        {
-            "par.rego": "package par\n\nimport rego.v1\n\n"
-            'decision := {"allow": true} if input.a\n'
-            'decision := {"allow": false, "reasons": ["x: no"]} if input.a\n'
-        },
-    )
-    eng = open_engine(PolicyConfig(path=root, watch=False, embedded_mode="compiled"))
-    try:
-        d = eng.decide({"a": True})
-        assert not d.allow and d.rule_ids == ("policy_error",)
-    finally:
-        eng.close()
+def test_input_encoding_is_byte_for_byte_the_stdlib_json(engine: PolicyEngine) -> None:
+    """decide() serializes with ujson for speed; it must write exactly what json.dumps writes."""
+    docs = [
+        *corpus()[:200],
+        {"s": 'é\u2028\ud800/\x00"\\', "f": [0.1, 1e300, -0.0, 5e-324, 180.0], "i": [2**64, -(2**63)]},
+    ]
+    for doc in docs:
+        assert encode_input(doc) == json.dumps(doc, allow_nan=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), {1, 2}, b"x", object()])
+def test_attack_input_that_is_not_json_denies_in_every_mode(engine: PolicyEngine, bad: Any) -> None:
+    assert_policy_error(engine.decide({"x": bad}), "not plain JSON")
+
+
+def test_attack_circular_input_denies(engine: PolicyEngine) -> None:
+    doc: dict[str, Any] = {}
+    doc["self"] = doc
+    assert_policy_error(engine.decide(doc), "not plain JSON")
 
 
 def test_any_mapping_is_accepted_as_input(engine: PolicyEngine) -> None:
     doc = task_input("check_services_status")
     assert engine.decide(MappingProxyType(doc)) == engine.decide(doc)
+
+
+PROXY_DOCS = [
+    {"project": "dogbank", "method": "HEAD", "endpoint": "ping", "path": "/_ping", "query": {}},
+    {"project": "dogbank", "method": "GET", "endpoint": "containers.list", "path": "/v1.41/containers/json",
+     "query": {"all": "1"}},
+    {"project": "dogbank", "method": "POST", "endpoint": "images.create", "path": "/v1.41/images/create",
+     "query": {"fromImage": "alpine"}},
+    {"project": "dogbank", "method": "POST", "endpoint": "nope", "path": "/v1.41/swarm/init", "query": {}},
+]
+
+
+def test_one_compiled_program_answers_both_configured_queries(interpreter: PolicyEngine) -> None:
+    """The runner with its in-process proxy asks two queries; one program (one copy of the compiled bundle,
+    ~4 MB) must answer both, and answer each exactly as the interpreter does."""
+    from sandbox._internal import policy_embedded  # noqa: PLC0415 - white box: which programs exist
+
+    cfg = PolicyConfig(path=POLICIES, watch=False, embedded_mode="compiled")
+    eng = open_engine(cfg)
+    try:
+        for doc in PROXY_DOCS:
+            assert eng.decide(doc, query=cfg.proxy_decision) == interpreter.decide(doc, query=cfg.proxy_decision)
+        for doc in corpus()[:100]:
+            assert eng.decide(doc) == interpreter.decide(doc)
+        vms = policy_embedded._tls.engines[eng._token].vms  # type: ignore[attr-defined]
+        assert vms[cfg.decision] is vms[cfg.proxy_decision]
+        # a query outside the configured pair gets a program of its own, and still decides
+        assert not eng.decide({}, query="data.par.authz.grants").allow  # not a decision document: deny
+        assert "data.par.authz.grants" in vms and vms["data.par.authz.grants"] is not vms[cfg.decision]
+    finally:
+        eng.close()

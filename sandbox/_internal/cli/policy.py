@@ -37,6 +37,13 @@ def register(sub: Any) -> None:
     t.add_argument("--coverage", action="store_true", help="report line coverage of the non-test policy files")
     t.add_argument("--fail-on-empty", action="store_true", help="exit 1 if no test was found")
     t.add_argument("-v", "--verbose", action="store_true", help="list every test, not only failures")
+    t.add_argument(
+        "--mode",
+        choices=("interpreter", "compiled"),
+        help="the embedded mode to test for (default: policy.embedded_mode from --config). compiled: the "
+        "policies must pass the compiled-mode lint (else exit 1), and a test whose inputs get a different "
+        "answer from the compiled engine FAILs",
+    )
     t.set_defaults(func=run_policy_test)
 
     c = sub.add_parser(
@@ -59,7 +66,7 @@ def register(sub: Any) -> None:
 def run_policy_test(ns: argparse.Namespace) -> int:
     paths = [Path(p) for p in ns.paths]
     try:
-        report = run_tests(paths, pattern=ns.run, coverage=ns.coverage)
+        report = run_tests(paths, pattern=ns.run, coverage=ns.coverage, mode=_test_mode(ns))
     except PolicyError as exc:
         if ns.format == "json":
             print_json({"error": exc.message})
@@ -71,6 +78,8 @@ def run_policy_test(ns: argparse.Namespace) -> int:
         doc: dict[str, Any] = {"results": [r.to_dict() for r in report.results], "summary": counts}
         if report.coverage is not None:
             doc["coverage"] = report.coverage
+        if report.notes:
+            doc["notes"] = report.notes
         print_json(doc)
     else:
         _print_pretty(report, verbose=ns.verbose)
@@ -79,6 +88,25 @@ def run_policy_test(ns: argparse.Namespace) -> int:
             print("no tests found", file=sys.stderr)
         return EXIT_LOAD_ERROR
     return EXIT_FAILED if counts[FAIL] or counts[ERROR] else EXIT_OK
+
+
+def _test_mode(ns: argparse.Namespace) -> str:
+    """--mode, else the configured policy.embedded_mode; the built-in default if there is no config file.
+
+    A config that exists but does not load is an error (exit 1): testing for the wrong mode would be
+    worse than not testing.
+    """
+    if ns.mode is not None:
+        return str(ns.mode)
+    if not Path(ns.config).exists():
+        return PolicyConfig().embedded_mode
+    try:
+        return config_from(ns).policy.embedded_mode
+    except Error as exc:
+        raise PolicyError(
+            f"cannot read policy.embedded_mode from {ns.config}: {exc.message}",
+            hint="Fix the config, or choose the mode with --mode interpreter|compiled.",
+        ) from exc
 
 
 def _print_pretty(report: TestReport, *, verbose: bool) -> None:
@@ -105,6 +133,8 @@ def _print_pretty(report: TestReport, *, verbose: bool) -> None:
             missing = _ranges(f["not_covered_lines"])
             print(f"  {f['file']}: {f['coverage']:.1f}%" + (f"  not covered: {missing}" if missing else ""))
         print(f"  total: {report.coverage['coverage']:.1f}%\n")
+    for note in report.notes:
+        print(f"note: {note}")
     counts = report.counts
     total = sum(counts.values())
     print("-" * 80)

@@ -64,7 +64,7 @@ def run(ns: argparse.Namespace) -> int:
     # The proxy's one policy thread opens the engine, so the compiled copy made at load is the one that
     # decides (a copy per thread costs ~8 MB resident).
     decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-policy")
-    engine = decider.submit(open_engine, cfg.policy).result()
+    engine = decider.submit(open_engine, cfg.policy, isolate_build=True).result()
     audit: Any = None
     if not ns.no_audit:
         from sandbox.audit import AuditLog  # noqa: PLC0415
