@@ -8,14 +8,22 @@ are ignored, an oversized body is capped, and every failure is a ProtocolError.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from sandbox import protocol
 from sandbox._internal.runner_http import HttpPeer, PermanentPublishError
@@ -178,6 +186,71 @@ def test_publish_status_classes() -> None:
                 p.publish(result)
             assert not isinstance(info.value, PermanentPublishError)
         p.close()
+
+
+def _self_signed(tmp: Path, host: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_verifies_the_server_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A control plane with a certificate the trust store does not vouch for is refused; a trusted one works."""
+    cert, key = _self_signed(tmp_path, "127.0.0.1")
+    with server(lambda m, p, b: (200, {}, b"")) as (url, seen):
+        srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv_ctx.load_cert_chain(cert, key)
+        port = int(url.rsplit(":", 1)[1])
+        # put TLS in front of the scripted server: a one-connection TLS terminator on another port
+        front = socket.create_server(("127.0.0.1", 0))
+        front_port = front.getsockname()[1]
+
+        def terminate() -> None:
+            while True:
+                try:
+                    raw, _ = front.accept()
+                except OSError:
+                    return
+                try:
+                    tls = srv_ctx.wrap_socket(raw, server_side=True)
+                except (ssl.SSLError, OSError):
+                    raw.close()
+                    continue
+                back = socket.create_connection(("127.0.0.1", port))
+                data = tls.recv(65536)
+                back.sendall(data)
+                tls.sendall(back.recv(65536))
+                back.close()
+                tls.close()
+
+        t = threading.Thread(target=terminate, daemon=True)
+        t.start()
+        try:
+            untrusted = peer(f"https://127.0.0.1:{front_port}")
+            with pytest.raises(ProtocolError, match="CERTIFICATE_VERIFY_FAILED"):
+                untrusted.health_check()
+            untrusted.close()
+            assert seen == []  # nothing reached the server through an unverified connection
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the operator's trust store now includes it
+            trusted = peer(f"https://127.0.0.1:{front_port}")
+            trusted.health_check()
+            trusted.close()
+            assert [p for _, p, _ in seen] == [protocol.HEALTH_PATH]
+        finally:
+            front.close()
 
 
 def test_unreachable_and_tls_mismatch_are_protocol_errors() -> None:
