@@ -17,7 +17,8 @@ where a rule could have several values or a value is undefined; so in compiled m
 pass the lint of :mod:`sandbox._internal.policy_lint` at load and at every reload (a failure is a
 compile error: the old policy stays), and the RVM compiles the lint's hardened text (``x := e`` as
 ``x = e``). A query the RVM cannot compile falls back to the interpreter (docs/policy-input.md,
-"Embedded modes").
+"Embedded modes"). With ``isolate_build`` (``par run``, ``par proxy``) that load-time work runs in a
+child process and the deciding thread only loads the serialized program (sandbox/_internal/policy_build.py).
 """
 
 from __future__ import annotations

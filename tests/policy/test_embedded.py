@@ -443,3 +443,17 @@ def test_one_compiled_program_answers_both_configured_queries(interpreter: Polic
         assert "data.par.authz.grants" in vms and vms["data.par.authz.grants"] is not vms[cfg.decision]
     finally:
         eng.close()
+
+
+def test_the_fast_decision_constructor_builds_exactly_a_decision() -> None:
+    """parse_decision skips the frozen dataclass' __init__ for speed; a field added to Decision must break this."""
+    from types import MappingProxyType as MP  # noqa: PLC0415
+
+    from sandbox._internal.policy_decision import _decision  # noqa: PLC0415
+
+    args = (False, ("authz: no",), ("authz.deny",), MP({"timeout_s": 5}), "rev1")
+    fast, slow = _decision(*args), Decision(*args)
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast.reasons) == hash(slow.reasons)
+    assert set(vars(fast)) == {f.name for f in dataclasses.fields(Decision)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.allow = True  # type: ignore[misc]
