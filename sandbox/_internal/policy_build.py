@@ -95,9 +95,7 @@ def _parse_answer(raw: bytes, bundle: PolicyBundle, entry_points: Sequence[str])
 
 def _build(request: dict[str, Any]) -> dict[str, Any]:
     """The child's work: everything :class:`EmbeddedEngine` does at load in compiled mode, then serialize."""
-    import regorus  # noqa: PLC0415 - the child only
-
-    from sandbox._internal.policy_embedded import compile_bundle  # noqa: PLC0415 - imports this module
+    from sandbox._internal.policy_embedded import compile_bundle, compile_program  # noqa: PLC0415 - imports this module
     from sandbox._internal.policy_lint import harden  # noqa: PLC0415
 
     bundle = PolicyBundle(
@@ -110,7 +108,7 @@ def _build(request: dict[str, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {"revision": bundle.revision}
     try:
         compile_bundle(bundle, check=True, lint=True)
-        hardened = harden(bundle.modules)
+        harden(bundle.modules)  # a module that cannot be hardened is a policy error, reported as one
     except PolicyError as exc:
         return {**answer, "ok": False, "error": exc.message}
     wanted = [str(q) for q in request["entry_points"]]
@@ -118,7 +116,7 @@ def _build(request: dict[str, Any]) -> dict[str, Any]:
     program: Any = None
     for attempt in ([wanted] if len(wanted) > 1 else []) + [[q] for q in wanted]:
         try:
-            program = regorus.Program.compile_from_modules(bundle.data_json, hardened, attempt)
+            program = compile_program(bundle, *attempt)
         except Exception:  # noqa: BLE001, S112 - that entry point falls back to the interpreter in the parent
             continue
         compiled = attempt

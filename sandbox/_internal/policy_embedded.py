@@ -114,14 +114,22 @@ class _ThreadEngines:
     vms: dict[str, Any]  # compiled mode: query -> regorus.Rvm, or None if that query fell back
 
 
-def compile_vm(bundle: PolicyBundle, *queries: str) -> Any:
-    """A regorus RVM with ``bundle`` compiled for the entry points ``queries`` (raises if it cannot).
+def compile_program(bundle: PolicyBundle, *queries: str) -> Any:
+    """``bundle`` compiled to RVM bytecode for the entry points ``queries`` (raises if it cannot).
 
     One program per process for all the queries it answers: each program carries the whole compiled
     bundle (~4 MB resident), so the runner with its in-process proxy compiles one, not two.
     """
     # harden(): `x := e` compiled as `x = e`, which the RVM evaluates correctly (policy_lint.py).
-    program = regorus.Program.compile_from_modules(bundle.data_json, harden(bundle.modules), list(queries))
+    return regorus.Program.compile_from_modules(bundle.data_json, harden(bundle.modules), list(queries))
+
+
+def compile_vm(bundle: PolicyBundle, *queries: str) -> Any:
+    """A regorus RVM running :func:`compile_program` (raises if it cannot compile)."""
+    return _vm(compile_program(bundle, *queries), bundle)
+
+
+def _vm(program: Any, bundle: PolicyBundle) -> Any:
     vm = regorus.Rvm()
     vm.load_program(program)
     vm.set_data_json(bundle.data_json)
@@ -134,13 +142,10 @@ def _load_program(raw: bytes, bundle: PolicyBundle) -> Any:
         program, partial = regorus.Program.deserialize_binary(raw)
         if partial:  # regorus would have to recompile parts of it: do it the ordinary way
             return None
-        vm = regorus.Rvm()
-        vm.load_program(program)
-        vm.set_data_json(bundle.data_json)
+        return _vm(program, bundle)
     except Exception as exc:  # noqa: BLE001 - the in-process compile path still decides correctly
         log.warning("policy_program_load_failed", error=first_line(str(exc)))
         return None
-    return vm
 
 
 class EmbeddedEngine:

@@ -81,6 +81,10 @@ def write_policy(root: Path, files: dict[str, Any]) -> Path:
     return root
 
 
+# Two definitions of x that disagree when input.a: a conflict error in the interpreter, undefined in the RVM.
+CONFLICT = 'package par\n\nimport rego.v1\n\nx := 1\nx := 2 if input.a\ndecision := {"allow": x == 1}\n'
+
+
 SIMPLE_POLICY = """package par
 
 import rego.v1

@@ -17,10 +17,9 @@ from sandbox._internal.policy_embedded import EmbeddedEngine, _load_program
 from sandbox.config import PolicyConfig
 from sandbox.errors import PolicyError
 from sandbox.policy import open_engine
-from tests.policy.helpers import POLICIES, SIMPLE_POLICY, write_policy
+from tests.policy.helpers import CONFLICT, POLICIES, SIMPLE_POLICY, write_policy
 
 QUERIES = ("data.par.decision", "data.par.docker_proxy.decision")
-CONFLICT = 'package par\n\nimport rego.v1\n\nx := 1\nx := 2 if input.a\ndecision := {"allow": x == 1}\n'
 
 
 def test_the_child_compiles_one_program_for_both_queries() -> None:

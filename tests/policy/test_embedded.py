@@ -19,6 +19,7 @@ from sandbox.config import PolicyConfig
 from sandbox.errors import PolicyError
 from sandbox.policy import Decision, PolicyEngine, install_sighup_reload, open_engine
 from tests.policy.helpers import (
+    CONFLICT,
     DEVELOPER,
     LAG_MONITOR,
     PIX_MONITOR,
@@ -155,7 +156,6 @@ def test_malformed_decisions_deny(tmp_path: Path, mode: str, decision_rego: str,
         eng.close()
 
 
-CONFLICT = 'package par\n\nimport rego.v1\n\nx := 1\nx := 2 if input.a\ndecision := {"allow": x == 1}\n'
 
 
 def test_attack_conflicting_rule_is_a_deny_in_the_interpreter(tmp_path: Path) -> None:
